@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make dev` runs the stack offline, `make test` runs the tests.
+# Both create the virtual environment on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned, so that pip takes the CPU build that lies on this kind of machine
+# instead of resolving an open range to a multi-GB CUDA build (see README).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint unit integration bench install clean
+
+dev: $(STAMP)
+	$(BIN)/conveyor dev
+
+test: lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/emulator_startup.py
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,52 @@
+"""The emulator's command-line entry (``python -m emulator`` and ``conveyor emulator``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import get_args
+
+import anyio
+
+from emulator.backend import BackendUnavailable
+from emulator.harness import AwsBackendName, EmulatorOptions, PostgresBackendName
+from emulator.serve import serve
+from shared.aws.provision import AccessKey
+from shared.config import AdminSettings, load_settings
+from shared.errors import ConveyorError
+
+__all__ = ["run_emulator"]
+
+
+def run_emulator(
+    *,
+    env_file: Path | None,
+    aws: str,
+    postgres: str | None,
+    database_url: str | None,
+) -> None:
+    if aws not in get_args(AwsBackendName):
+        sys.exit(f"--aws must be one of {', '.join(get_args(AwsBackendName))}, not {aws!r}")
+    if postgres is not None and postgres not in get_args(PostgresBackendName):
+        sys.exit(f"--postgres must be one of {', '.join(get_args(PostgresBackendName))}")
+    try:
+        settings = load_settings(AdminSettings)
+        admin = None
+        if settings.aws_access_key_id and settings.aws_secret_access_key:
+            admin = AccessKey(
+                settings.aws_access_key_id, settings.aws_secret_access_key.get_secret_value()
+            )
+        options = EmulatorOptions(
+            topology=settings.topology(),
+            aws=aws,  # type: ignore[arg-type]
+            region=settings.aws_region,
+            postgres=postgres,  # type: ignore[arg-type]
+            database_url=database_url,
+            external_url=str(settings.aws_endpoint_url) if settings.aws_endpoint_url else None,
+            external_admin=admin,
+        )
+        anyio.run(serve, options, env_file)
+    except (ConveyorError, BackendUnavailable) as exc:
+        sys.exit(f"emulator: {exc}")
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        sys.exit(130)

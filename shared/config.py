@@ -1,0 +1,282 @@
+"""Configuration: environment variables only, validated at start-up.
+
+Each service has a settings class over :class:`CommonSettings`. A common variable such as
+``DATABASE_URL`` may be given once for every service, or per service behind the service's
+prefix (``INGEST_DATABASE_URL``), which wins. Variables that only one service has are read
+with that service's prefix alone (``INFER_MODEL``, ``INGEST_HTTP_PORT``). This is how each
+service gets its own AWS key pair in the emulator (``INGEST_AWS_ACCESS_KEY_ID`` ...) while
+sharing the endpoint and region.
+
+:func:`load_settings` turns a validation failure into a :class:`~shared.errors.ConfigError`
+that names each variable, what was expected and (for non-secrets) what was given.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from shared.errors import ConfigError, TopologyError
+from shared.topology import DEFAULT_MODEL, Topology
+
+__all__ = [
+    "AdminSettings",
+    "AwsSettings",
+    "CommonSettings",
+    "InferSettings",
+    "IngestSettings",
+    "NotifySettings",
+    "PersistSettings",
+    "load_settings",
+]
+
+S = TypeVar("S", bound="CommonSettings")
+
+
+def _check_database_url(value: SecretStr) -> SecretStr:
+    url = urllib.parse.urlsplit(value.get_secret_value())
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError("the scheme must be postgresql://")
+    query = urllib.parse.parse_qs(url.query)
+    if not url.hostname and not query.get("host"):
+        raise ValueError("the URL needs a host, or a ?host=/socket/dir query for a Unix socket")
+    return value
+
+
+DatabaseUrl = Annotated[SecretStr, AfterValidator(_check_database_url)]
+
+
+class _CommonEnv(EnvSettingsSource):
+    """Unprefixed environment variables, for the fields every service shares."""
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if k in _COMMON_FIELDS}
+
+
+class CommonSettings(BaseSettings):
+    """What every service and tool needs: AWS access, the topology, logging."""
+
+    service: ClassVar[str] = ""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+
+    aws_endpoint_url: HttpUrl | None = Field(
+        default=None,
+        description="an http(s) URL of an AWS-compatible endpoint; unset means real AWS",
+    )
+    aws_region: str = Field(
+        default="us-east-1",
+        pattern=r"^[a-z]{2}(-[a-z]+)+-\d$",
+        description="an AWS region name such as us-east-1",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None,
+        description="an access key id (with its secret); unset means the default AWS chain",
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, description="the secret of the access key id"
+    )
+    conveyor_prefix: str = Field(
+        default="conveyor",
+        description="the resource name prefix of this stack: 2-24 of a-z, 0-9 and '-'",
+    )
+    conveyor_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(DEFAULT_MODEL,),
+        description="a comma-separated list of the model names this stack serves",
+    )
+    conveyor_max_receive_count: int = Field(
+        default=5, ge=1, le=1000, description="deliveries before a message moves to its DLQ"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="one of debug, info, warning, error"
+    )
+    log_format: Literal["console", "json"] = Field(
+        default="console", description="console (people) or json (log collectors)"
+    )
+
+    @field_validator("conveyor_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> CommonSettings:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be given together")
+        try:
+            self.topology()
+        except TopologyError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def topology(self) -> Topology:
+        return Topology(
+            prefix=self.conveyor_prefix,
+            models=self.conveyor_models,
+            max_receive_count=self.conveyor_max_receive_count,
+        )
+
+    def aws(self) -> AwsSettings:
+        secret = self.aws_secret_access_key
+        return AwsSettings(
+            endpoint_url=str(self.aws_endpoint_url).rstrip("/") if self.aws_endpoint_url else None,
+            region=self.aws_region,
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        if cls.service:
+            sources.append(EnvSettingsSource(settings_cls, env_prefix=f"{cls.service}_"))
+        sources.append(_CommonEnv(settings_cls))
+        return tuple(sources)
+
+    @classmethod
+    def env_names(cls, field: str) -> str:
+        """How a field is spelled in the environment, for error messages."""
+        prefixed = f"{cls.service}_{field}".upper() if cls.service else ""
+        if field in _COMMON_FIELDS:
+            return f"{prefixed} or {field.upper()}" if prefixed else field.upper()
+        return prefixed or field.upper()
+
+
+_COMMON_FIELDS = frozenset(CommonSettings.model_fields) | {"database_url"}
+
+
+class AwsSettings:
+    """The resolved AWS connection values (plain data, handed to the client factory)."""
+
+    __slots__ = ("access_key_id", "endpoint_url", "region", "secret_access_key")
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+
+    @property
+    def where(self) -> str:
+        """Where calls go, for error messages: the endpoint, or AWS itself."""
+        return self.endpoint_url or f"AWS ({self.region})"
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"AwsSettings(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+
+
+_DB_DESCRIPTION = (
+    "a PostgreSQL URL such as postgresql://user:password@host:5432/conveyor "
+    "(or postgresql://user@/db?host=/socket/dir)"
+)
+
+
+class IngestSettings(CommonSettings):
+    service: ClassVar[str] = "ingest"
+
+    database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
+    http_host: str = Field(default="127.0.0.1", description="the address the HTTP API binds")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="a TCP port, 0-65535")
+
+
+class InferSettings(CommonSettings):
+    service: ClassVar[str] = "infer"
+
+    model: str | None = Field(
+        default=None,
+        description="the model this worker serves, one of CONVEYOR_MODELS (default: the first)",
+    )
+
+    @model_validator(mode="after")
+    def _check_model(self) -> InferSettings:
+        if self.model is not None and self.model not in self.conveyor_models:
+            raise ValueError(
+                f"INFER_MODEL={self.model!r} is not one of the models this stack serves "
+                f"(CONVEYOR_MODELS={','.join(self.conveyor_models)})"
+            )
+        return self
+
+    @property
+    def served_model(self) -> str:
+        return self.model or self.conveyor_models[0]
+
+
+class PersistSettings(CommonSettings):
+    service: ClassVar[str] = "persist"
+
+    database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
+
+
+class NotifySettings(CommonSettings):
+    service: ClassVar[str] = "notify"
+
+    database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
+
+
+class AdminSettings(CommonSettings):
+    """The operator's tools (``conveyor provision``, ``conveyor dlq``): ``ADMIN_`` prefix."""
+
+    service: ClassVar[str] = "admin"
+
+    database_url: DatabaseUrl | None = Field(default=None, description=_DB_DESCRIPTION)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build ``cls`` from the environment, or raise a ConfigError that says what to fix."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(cls, exc)) from None
+
+
+def _describe(cls: type[CommonSettings], exc: ValidationError) -> str:
+    lines = [f"invalid configuration for {cls.service or 'conveyor'}:"]
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        info = cls.model_fields.get(field)
+        if info is None:  # a whole-model check: its message already names the variables
+            lines.append(f"  - {error['msg'].removeprefix('Value error, ')}")
+            continue
+        names = cls.env_names(field)
+        expected = info.description or ""
+        if error["type"] == "missing":
+            lines.append(f"  - {names} is not set: expected {expected}")
+            continue
+        secret = info.annotation is not None and "SecretStr" in str(info.annotation)
+        given = "" if secret else f" (got {error['input']!r})"
+        reason = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {names}: {reason}{given}; expected {expected}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""The one way every service process starts, runs and stops.
+
+``main(settings_cls, body)`` loads the settings (a configuration error ends the process with
+status 2 and a message naming each variable), configures logging, runs ``body`` until it
+returns or SIGTERM/SIGINT arrives, and exits 0 after a clean stop.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from shared.config import CommonSettings, load_settings
+from shared.errors import ConfigError, ConveyorError, leaves
+from shared.telemetry import configure_logging, get_logger
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main", "wait_ready"]
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+S = TypeVar("S", bound=CommonSettings)
+Body = Callable[[S, anyio.Event], Awaitable[None]]
+
+
+def main(settings_cls: type[S], body: Body[S]) -> int:
+    """Run a service; ``body(settings, stopping)`` should return soon after ``stopping``."""
+    name = settings_cls.service
+    try:
+        settings = load_settings(settings_cls)
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)  # noqa: T201 - logging is not configured yet
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger(name)
+
+    async def run() -> None:
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        stopping.set()
+                        return
+
+            tg.start_soon(watch_signals)
+            await body(settings, stopping)
+            tg.cancel_scope.cancel()
+
+    failures: list[BaseException] = []
+    try:
+        anyio.run(run)
+    except* ConveyorError as group:  # the task group wraps what the body raised
+        failures = leaves(group)
+    for failure in failures:
+        log.error("failed", error=str(failure))
+    if failures:
+        return EXIT_FAILED
+    log.info("stopped")
+    return 0
+
+
+async def wait_ready(settings: CommonSettings, queues: list[str], stopping: anyio.Event) -> None:
+    """A service that is only a shell so far: resolve its queues, report ready, then idle.
+
+    Resolving the queues with the service's own credentials proves at start-up that the
+    topology exists and that IAM lets this service see what it needs.
+    """
+    from shared.aws import AwsClients, resolve_queue_url
+
+    log = get_logger(settings.service)
+    aws = settings.aws()
+    async with AwsClients(aws) as clients:
+        sqs = await clients.sqs()
+        for name in queues:
+            await resolve_queue_url(sqs, aws, name)
+    log.info("ready", queues=queues, endpoint=aws.where)
+    await stopping.wait()

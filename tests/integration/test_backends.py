@@ -1,0 +1,63 @@
+"""Backends other than the default: LocalStack and container PostgreSQL need Docker."""
+
+import anyio
+import pytest
+
+from emulator import BackendUnavailable, Emulator, EmulatorOptions, Stack
+from emulator.docker import docker_unavailable_reason
+from shared.aws import AwsClients, aws_errors
+from shared.errors import AccessDenied
+from shared.topology import Topology
+from tests.processes import run_module
+
+pytestmark = pytest.mark.anyio
+
+NO_DOCKER = docker_unavailable_reason()
+
+
+async def test_localstack_refuses_clearly_without_docker() -> None:
+    if NO_DOCKER is None:
+        pytest.skip("a Docker engine answers here; the refusal path cannot be exercised")
+    with pytest.raises(BackendUnavailable, match="needs Docker"):
+        await Emulator(EmulatorOptions(aws="localstack")).start()
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(NO_DOCKER is not None, reason=f"LocalStack needs Docker: {NO_DOCKER}")
+async def test_localstack_enforces_iam() -> None:
+    with anyio.fail_after(300):
+        async with Emulator(
+            EmulatorOptions(aws="localstack", postgres="container", topology=Topology(prefix="ls"))
+        ) as stack:
+            aws = stack.aws_settings("ingest")
+            async with AwsClients(aws) as clients:
+                sqs = await clients.sqs()
+                await sqs.send_message(
+                    QueueUrl=stack.provisioned.queue_urls[stack.topology.infer_queues[0].name],
+                    MessageBody="{}",
+                )
+                with pytest.raises(AccessDenied), aws_errors(aws):
+                    await sqs.send_message(
+                        QueueUrl=stack.provisioned.queue_urls[stack.topology.results_queue.name],
+                        MessageBody="{}",
+                    )
+
+
+async def test_provision_command_creates_a_stack_on_an_external_endpoint(stack: Stack) -> None:
+    """`conveyor provision`, the fix every missing-resource error names, really provisions."""
+    env = {
+        **stack.common_env(),
+        **stack.credential_env("admin"),
+        "CONVEYOR_PREFIX": "provcmd",
+        "CONVEYOR_MODELS": "tiny",
+    }
+    result = await anyio.to_thread.run_sync(run_module, ["shared.cli", "provision"], env)
+    assert result.returncode == 0, result.stderr
+    for name in (
+        "provcmd-infer-tiny",
+        "provcmd-infer-tiny-dlq",
+        "provcmd-results",
+        "provcmd-notify",
+    ):
+        assert f"queue  {name}  " in result.stdout
+    assert "bucket provcmd-models" in result.stdout

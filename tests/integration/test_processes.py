@@ -1,0 +1,120 @@
+"""The services and the standalone emulator as real processes."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from emulator import Stack
+from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.processes import Output, read_until, stop
+
+pytestmark = pytest.mark.anyio
+
+SERVICES = ["ingest", "infer", "persist", "notify"]
+
+
+def run_service(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", f"services.{service}"],
+        env=subprocess_env(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "expected"),
+    [
+        ("ingest", {}, "INGEST_DATABASE_URL or DATABASE_URL is not set"),
+        ("persist", {"DATABASE_URL": "http://db"}, "the scheme must be postgresql://"),
+        (
+            "notify",
+            {"DATABASE_URL": "postgresql://h/db", "AWS_ENDPOINT_URL": "::"},
+            "AWS_ENDPOINT_URL",
+        ),
+        ("infer", {"INFER_MODEL": "unknown-model"}, "INFER_MODEL='unknown-model' is not one of"),
+    ],
+)
+def test_bad_configuration_stops_the_service_at_start(
+    service: str, env: dict[str, str], expected: str
+) -> None:
+    result = run_service(service, env)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_service_starts_with_its_own_keys_and_stops_on_sigterm(
+    stack: Stack, service: str
+) -> None:
+    async with await anyio.open_process(
+        [PYTHON, "-m", f"services.{service}"],
+        env=subprocess_env(stack.service_env(service)),
+        cwd=REPO,
+    ) as process:
+        output = Output()
+        ready = await read_until(process.stderr, output, lambda line: "ready" in line, 30)
+        assert ready, output.text
+        assert await stop(process) == 0
+        await read_until(process.stderr, output, lambda _: False, 5)
+        assert "stopped" in output.text
+
+
+async def test_missing_queue_at_start_says_how_to_fix(stack: Stack) -> None:
+    env = stack.service_env("notify") | stack.credential_env("admin")
+    env["NOTIFY_AWS_ACCESS_KEY_ID"] = env.pop("ADMIN_AWS_ACCESS_KEY_ID")
+    env["NOTIFY_AWS_SECRET_ACCESS_KEY"] = env.pop("ADMIN_AWS_SECRET_ACCESS_KEY")
+    env["CONVEYOR_PREFIX"] = "never-provisioned"
+    result = await anyio.to_thread.run_sync(run_service, "notify", env)
+    assert result.returncode == 1
+    assert "'never-provisioned-notify' does not exist" in result.stderr
+    assert "conveyor provision" in result.stderr
+
+
+def _postgres_processes(data_dir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(data_dir in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+async def test_standalone_emulator_prints_exports_and_cleans_up(tmp_path: Path) -> None:
+    env_file = tmp_path / "stack.env"
+    async with await anyio.open_process(
+        [PYTHON, "-m", "emulator", "--env-file", str(env_file)],
+        env=subprocess_env({}),
+        cwd=REPO,
+    ) as process:
+        output = Output()
+        got_all = await read_until(
+            process.stdout, output, lambda line: line.startswith("export ADMIN_AWS_SECRET"), 60
+        )
+        assert got_all, output.text
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in output.lines if line)
+        assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+        assert exports["AWS_REGION"] == "us-east-1"
+        assert exports["DATABASE_URL"].startswith("postgresql://")
+        for service in [*SERVICES, "admin"]:
+            prefix = service.upper()
+            assert exports[f"{prefix}_AWS_ACCESS_KEY_ID"]
+            assert exports[f"{prefix}_AWS_SECRET_ACCESS_KEY"]
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        data_dir = exports["DATABASE_URL"].split("host=", 1)[1]
+        assert os.path.isdir(data_dir)
+        assert _postgres_processes(data_dir), "the embedded PostgreSQL should be running"
+
+        assert await stop(process, timeout=20) == 0
+    assert not env_file.exists()
+    assert not os.path.exists(data_dir)
+    with anyio.fail_after(10):
+        while _postgres_processes(data_dir):
+            await anyio.sleep(0.2)
