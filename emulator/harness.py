@@ -12,6 +12,8 @@ Shutdown undoes all of it, leaving no process and no temporary directory behind.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -60,6 +62,8 @@ class Stack:
     database_url: str
     topology: Topology
     provisioned: Provisioned
+    webhook_secret: str = field(repr=False, default="")
+    """The notify service's signing secret (``whsec_...``), made for this stack."""
 
     @property
     def admin(self) -> AwsSettings:
@@ -94,15 +98,21 @@ class Stack:
             f"{prefix}_AWS_SECRET_ACCESS_KEY": key.secret_access_key,
         }
 
+    def secret_env(self, service: str) -> dict[str, str]:
+        if service == "notify" and self.webhook_secret:
+            return {"NOTIFY_WEBHOOK_SECRET": self.webhook_secret}
+        return {}
+
     def service_env(self, service: str) -> dict[str, str]:
         """The whole environment ``python -m services.<service>`` needs (and only its keys)."""
-        return {**self.common_env(), **self.credential_env(service)}
+        return {**self.common_env(), **self.credential_env(service), **self.secret_env(service)}
 
     def exports(self) -> list[str]:
         """Everything, for a shell: common values, then each identity's key pair."""
         env = self.common_env()
         for identity in (*SERVICES, "admin"):
             env.update(self.credential_env(identity))
+            env.update(self.secret_env(identity))
         return [f"export {name}={value}" for name, value in env.items()]
 
 
@@ -173,7 +183,8 @@ class Emulator:
         except BaseException:
             await self.aclose()
             raise
-        self.stack = Stack(endpoint, database_url, self.options.topology, provisioned)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.stack = Stack(endpoint, database_url, self.options.topology, provisioned, secret)
         return self.stack
 
     async def aclose(self) -> None:

@@ -35,13 +35,13 @@ class LocalStackBackend:
             raise BackendUnavailable(f"the localstack backend needs Docker: {reason}")
         from testcontainers.localstack import LocalStackContainer
 
-        container = LocalStackContainer(image=self.image, region_name=self.region)
+        container: Any = LocalStackContainer(image=self.image, region_name=self.region)
         container.with_env("ENFORCE_IAM", "1").with_env("SERVICES", "sqs,s3,iam,sts")
         token = os.environ.get("LOCALSTACK_AUTH_TOKEN")
         if token:
             container.with_env("LOCALSTACK_AUTH_TOKEN", token)
         # Publish on loopback only: the emulator is never reachable from the network.
-        container.with_bind_ports(4566, ("127.0.0.1", 0))  # type: ignore[arg-type]
+        container.with_bind_ports(4566, ("127.0.0.1", 0))
         self._container = container
         await anyio.to_thread.run_sync(container.start)
         return AwsEndpoint(

@@ -104,6 +104,21 @@ class CommonSettings(BaseSettings):
     conveyor_max_receive_count: int = Field(
         default=5, ge=1, le=1000, description="deliveries before a message moves to its DLQ"
     )
+    sqs_wait_s: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="SQS long-poll seconds (0-20); shutdown waits for at most one poll",
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0, gt=0, description="seconds in-flight work may take to finish on SIGTERM"
+    )
+    claim_check_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=1024 * 1024 - 16 * 1024,
+        description="payloads larger than this many bytes travel through the payloads bucket",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="one of debug, info, warning, error"
     )
@@ -210,6 +225,20 @@ class IngestSettings(CommonSettings):
     database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
     http_host: str = Field(default="127.0.0.1", description="the address the HTTP API binds")
     http_port: int = Field(default=8000, ge=0, le=65535, description="a TCP port, 0-65535")
+    public_url: HttpUrl | None = Field(
+        default=None,
+        description="the API's external base URL, for status links (default: from the request)",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="the largest request body accepted, in bytes"
+    )
+    max_inputs: int = Field(default=256, ge=1, description="the most inputs one job may carry")
+    max_input_chars: int = Field(
+        default=20_000, ge=1, description="the most characters one input may have"
+    )
+    max_wait_s: float = Field(
+        default=30.0, ge=0, le=120, description="the longest ?wait= a status read may hold"
+    )
 
 
 class InferSettings(CommonSettings):
@@ -219,6 +248,39 @@ class InferSettings(CommonSettings):
         default=None,
         description="the model this worker serves, one of CONVEYOR_MODELS (default: the first)",
     )
+
+    model_version: str | None = Field(
+        default=None, description="the model version to serve (default: the latest pushed)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto (CUDA when present, else CPU), cpu or cuda"
+    )
+    max_batch_items: int = Field(
+        default=32, ge=1, le=4096, description="the most inputs in one model call"
+    )
+    max_batch_tokens: int = Field(
+        default=8192, ge=1, description="the most tokens (padded length x items) in one call"
+    )
+    max_batch_wait_s: float = Field(
+        default=0.02, ge=0, le=5, description="how long the first input of a batch may wait"
+    )
+    concurrency: int = Field(
+        default=64, ge=1, le=1000, description="jobs (SQS messages) held in flight at once"
+    )
+    handler_modules: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated Python modules that register extra model handlers",
+    )
+    cache_dir: str | None = Field(
+        default=None, description="where pulled model artifacts are cached (default: a temp dir)"
+    )
+
+    @field_validator("handler_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _check_model(self) -> InferSettings:
@@ -238,12 +300,51 @@ class PersistSettings(CommonSettings):
     service: ClassVar[str] = "persist"
 
     database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
+    concurrency: int = Field(default=32, ge=1, le=1000, description="messages held in flight")
+    max_batch_wait_s: float = Field(
+        default=0.01, ge=0, le=5, description="how long a write waits to share a transaction"
+    )
 
 
 class NotifySettings(CommonSettings):
     service: ClassVar[str] = "notify"
 
     database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
+    webhook_secret: SecretStr = Field(
+        description="the signing secret: whsec_ followed by base64 of 24-64 random bytes"
+    )
+    retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5, 300, 1800, 7200, 18000, 36000, 36000),
+        description="comma-separated seconds before each retry; after the last, give up",
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="seconds one webhook request may take"
+    )
+    concurrency: int = Field(default=32, ge=1, le=1000, description="deliveries in flight")
+
+    @field_validator("retry_schedule_s", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        import base64
+        import binascii
+
+        raw = value.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("the secret must start with whsec_")
+        try:
+            key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("after whsec_ the secret must be base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("the secret must encode 24 to 64 random bytes")
+        return value
 
 
 class AdminSettings(CommonSettings):

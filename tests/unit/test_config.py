@@ -12,6 +12,7 @@ from shared.config import (
 from shared.errors import ConfigError
 
 DB = "postgresql://conveyor:hunter2-secret@db.internal:5432/conveyor"
+WHSEC = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
 
 
 def test_minimal_environment_gives_defaults(clean_env: pytest.MonkeyPatch) -> None:
@@ -29,6 +30,7 @@ def test_service_prefix_overrides_common_variable(clean_env: pytest.MonkeyPatch)
     clean_env.setenv("AWS_SECRET_ACCESS_KEY", "common-secret")
     clean_env.setenv("PERSIST_AWS_ACCESS_KEY_ID", "AKIAPERSIST")
     clean_env.setenv("PERSIST_AWS_SECRET_ACCESS_KEY", "persist-secret")
+    clean_env.setenv("NOTIFY_WEBHOOK_SECRET", WHSEC)
     assert load_settings(PersistSettings).aws().access_key_id == "AKIAPERSIST"
     assert load_settings(NotifySettings).aws().access_key_id == "AKIACOMMON"
 
@@ -115,3 +117,28 @@ def test_secrets_are_not_in_repr(clean_env: pytest.MonkeyPatch) -> None:
 def test_common_settings_has_no_service_prefix() -> None:
     assert CommonSettings.env_names("aws_region") == "AWS_REGION"
     assert IngestSettings.env_names("http_port") == "INGEST_HTTP_PORT"
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("plain-secret", "must start with whsec_"),
+        ("whsec_%%%", "must be base64"),
+        ("whsec_c2hvcnQ=", "24 to 64 random bytes"),
+    ],
+)
+def test_webhook_secret_is_checked_and_never_echoed(
+    clean_env: pytest.MonkeyPatch, secret: str, reason: str
+) -> None:
+    clean_env.setenv("DATABASE_URL", DB)
+    clean_env.setenv("NOTIFY_WEBHOOK_SECRET", secret)
+    with pytest.raises(ConfigError, match=reason) as info:
+        load_settings(NotifySettings)
+    assert secret not in str(info.value)
+
+
+def test_retry_schedule_is_a_comma_separated_list(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", DB)
+    clean_env.setenv("NOTIFY_WEBHOOK_SECRET", WHSEC)
+    clean_env.setenv("NOTIFY_RETRY_SCHEDULE_S", "0.5, 1,2")
+    assert load_settings(NotifySettings).retry_schedule_s == (0.5, 1.0, 2.0)
