@@ -15,7 +15,7 @@ from shared.aws.provision import AccessKey
 from shared.config import AdminSettings, load_settings
 from shared.errors import ConveyorError
 
-__all__ = ["run_emulator"]
+__all__ = ["run_dev_command", "run_emulator"]
 
 
 def run_emulator(
@@ -49,4 +49,17 @@ def run_emulator(
     except (ConveyorError, BackendUnavailable) as exc:
         sys.exit(f"emulator: {exc}")
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        sys.exit(130)
+
+
+def run_dev_command(*, http_port: int) -> None:
+    from emulator.dev import run_dev
+
+    try:
+        settings = load_settings(AdminSettings)
+        options = EmulatorOptions(topology=settings.topology(), region=settings.aws_region)
+        anyio.run(lambda: run_dev(options, http_port=http_port))
+    except (ConveyorError, BackendUnavailable, RuntimeError) as exc:
+        sys.exit(f"dev: {exc}")
+    except KeyboardInterrupt:
         sys.exit(130)

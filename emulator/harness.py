@@ -13,6 +13,7 @@ Shutdown undoes all of it, leaving no process and no temporary directory behind.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from emulator.external_backend import ExternalBackend
 from emulator.localstack_backend import LocalStackBackend
 from emulator.moto_backend import MotoBackend
 from emulator.postgres import ContainerPostgres, EmbeddedPostgres, ExternalPostgres
+from emulator.seed import seed_default_model
 from shared.aws.clients import AwsClients
 from shared.aws.provision import AccessKey, Provisioned, provision
 from shared.config import AwsSettings
@@ -34,7 +36,7 @@ from shared.db import migrate
 from shared.errors import leaves
 from shared.topology import SERVICES, Topology
 
-__all__ = ["Emulator", "EmulatorOptions", "Stack"]
+__all__ = ["Emulator", "EmulatorOptions", "Stack", "add_topology"]
 
 AwsBackendName = Literal["moto", "localstack", "external"]
 PostgresBackendName = Literal["embedded", "url", "container"]
@@ -52,6 +54,8 @@ class EmulatorOptions:
     """For ``aws="external"``: the endpoint (None: real AWS)."""
     external_admin: AccessKey | None = None
     fast_clock: bool = True
+    seed_default_model: bool = True
+    """Push all-MiniLM-L6-v2 into the models bucket when the topology serves it."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Stack:
             "CONVEYOR_PREFIX": self.topology.prefix,
             "CONVEYOR_MODELS": ",".join(self.topology.models),
             "CONVEYOR_MAX_RECEIVE_COUNT": str(self.topology.max_receive_count),
+            "CONVEYOR_NOTIFY_MAX_RECEIVE_COUNT": str(self.topology.notify_max_receive_count),
         }
         if self.endpoint.url:
             env["AWS_ENDPOINT_URL"] = self.endpoint.url
@@ -161,6 +166,8 @@ class Emulator:
                     provisioned = await provision(
                         clients, self.options.topology, iam_users=endpoint.url is not None
                     )
+                if self.options.seed_default_model:
+                    await seed_default_model(_admin_settings(endpoint), self.options.topology)
 
             async def start_postgres() -> None:
                 nonlocal database_url
@@ -215,3 +222,15 @@ def _settings(endpoint: AwsEndpoint, key: AccessKey | None) -> AwsSettings:
 
 def _admin_settings(endpoint: AwsEndpoint) -> AwsSettings:
     return _settings(endpoint, endpoint.admin)
+
+
+async def add_topology(stack: Stack, topology: Topology, *, seed: bool = True) -> Stack:
+    """Provision another stack (its own prefix) on the same emulator and database.
+
+    Tests use this to run pipelines with their own models and queues side by side.
+    """
+    async with AwsClients(stack.admin) as clients:
+        provisioned = await provision(clients, topology, iam_users=stack.endpoint.url is not None)
+    if seed:
+        await seed_default_model(stack.admin, topology)
+    return dataclasses.replace(stack, topology=topology, provisioned=provisioned)

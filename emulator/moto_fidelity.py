@@ -1,11 +1,16 @@
 """Make moto's IAM checks on SQS behave like AWS where our policies depend on it.
 
-moto authorizes an SQS call against the ARN of the queue named by ``QueueUrl``. Calls that name
-the queue by ``QueueName`` instead (``GetQueueUrl``, ``CreateQueue``) fall back to ``"*"``, so a
-policy that lists exact queue ARNs (least privilege) is denied ``GetQueueUrl`` on its own
-queues. AWS authorizes those calls against the named queue's ARN, whether or not it exists:
-an allowed caller then learns ``QueueDoesNotExist``, any other caller gets ``AccessDenied``.
-This patch does the same.
+1. The batch actions. AWS has no IAM actions ``sqs:SendMessageBatch``,
+   ``sqs:DeleteMessageBatch`` or ``sqs:ChangeMessageVisibilityBatch``: each batch call is
+   authorized as its single-message action. moto checks the batch names, which no
+   least-privilege policy lists. The patch maps them as AWS does.
+
+2. Queue names. moto authorizes an SQS call against the ARN of the queue named by
+   ``QueueUrl``. Calls that name the queue by ``QueueName`` instead (``GetQueueUrl``,
+   ``CreateQueue``) fall back to ``"*"``, so a policy that lists exact queue ARNs (least
+   privilege) is denied ``GetQueueUrl`` on its own queues. AWS authorizes those calls against
+   the named queue's ARN, whether or not it exists: an allowed caller then learns
+   ``QueueDoesNotExist``, any other caller gets ``AccessDenied``. The patch does the same.
 """
 
 from __future__ import annotations
@@ -14,9 +19,35 @@ from typing import Any
 
 __all__ = ["install"]
 
+BATCH_ACTIONS = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
+
 
 def install() -> None:
-    """Patch ``SQSResponse._determine_resource`` (idempotent)."""
+    """Apply both patches (idempotent)."""
+    _authorize_batches_as_aws_does()
+    _authorize_queue_names()
+
+
+def _authorize_batches_as_aws_does() -> None:
+    from moto.iam.access_control import IAMRequestBase
+
+    if getattr(IAMRequestBase.__init__, "__wrapped__", None) is not None:
+        return
+    original = IAMRequestBase.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._action = BATCH_ACTIONS.get(self._action, self._action)
+
+    init.__wrapped__ = original  # type: ignore[attr-defined]
+    IAMRequestBase.__init__ = init  # type: ignore[method-assign]
+
+
+def _authorize_queue_names() -> None:
     from moto.sqs.responses import SQSResponse
     from moto.utilities.utils import get_partition
 

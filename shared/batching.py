@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["BatchStats", "Batcher"]
 
@@ -74,15 +75,19 @@ class Batcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self.max_cost = max_cost
         self._cost = cost
-        self._send, self._receive = anyio.create_memory_object_stream[_Slot[T, R]](math.inf)
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._send: MemoryObjectSendStream[_Slot[T, R]] | None = None
+        self._slots = anyio.Semaphore(concurrency)
         self._keep_sizes = keep_sizes
         self.stats = BatchStats()
 
     def start(self, tg: TaskGroup) -> None:
-        tg.start_soon(self._loop, tg)
+        # The streams live as long as the loop, so that an unstarted batcher holds nothing.
+        self._send, receive = anyio.create_memory_object_stream[_Slot[T, R]](math.inf)
+        tg.start_soon(self._loop, tg, self._send, receive)
 
     async def submit(self, item: T) -> R:
+        if self._send is None:
+            raise RuntimeError("the batcher has not been started")
         slot: _Slot[T, R] = _Slot(item)
         await self._send.send(slot)
         await slot.done.wait()
@@ -90,21 +95,26 @@ class Batcher(Generic[T, R]):
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    async def _loop(self, tg: TaskGroup) -> None:
+    async def _loop(
+        self,
+        tg: TaskGroup,
+        send: MemoryObjectSendStream[_Slot[T, R]],
+        receive: MemoryObjectReceiveStream[_Slot[T, R]],
+    ) -> None:
         carry: _Slot[T, R] | None = None
-        async with self._receive:
+        with send, receive:  # closed with the loop: late callers fail fast
             while True:
                 # Wait for a free runner first, so that while the model is busy items pile up
                 # and the next batch is as large as they allow.
-                await self._limiter.acquire()
-                first = carry if carry is not None else await self._receive.receive()
+                await self._slots.acquire()
+                first = carry if carry is not None else await receive.receive()
                 carry = None
                 batch, cost = [first], self._cost(first.item)
                 deadline = anyio.current_time() + self.max_wait_s
                 while len(batch) < self.max_items and cost < self.max_cost:
                     slot: _Slot[T, R] | None = None
                     with anyio.move_on_after(deadline - anyio.current_time()):
-                        slot = await self._receive.receive()
+                        slot = await receive.receive()
                     if slot is None:
                         break
                     slot_cost = self._cost(slot.item)
@@ -133,7 +143,7 @@ class Batcher(Generic[T, R]):
                     slot.result = result
                 slot.done.set()
         finally:
-            self._limiter.release()
+            self._slots.release()
 
     def _record(self, size: int) -> None:
         stats = self.stats

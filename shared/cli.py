@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import anyio
+import httpx
 import typer
 
 from shared.config import AdminSettings, load_settings
@@ -40,11 +42,13 @@ def emulator(
 
 
 @app.command()
-def dev(env_file: EnvFile = None) -> None:
-    """Run the whole stack offline (for now: the emulator and PostgreSQL)."""
-    from emulator.cli import run_emulator
+def dev(
+    port: Annotated[int, typer.Option(help="The API's port on 127.0.0.1.")] = 8000,
+) -> None:
+    """Run the whole stack offline: emulator, PostgreSQL, the default model, four services."""
+    from emulator.cli import run_dev_command
 
-    run_emulator(env_file=env_file, aws="moto", postgres=None, database_url=None)
+    run_dev_command(http_port=port)
 
 
 @app.command()
@@ -68,6 +72,68 @@ def provision() -> None:
     _run(go)
 
 
+ApiUrl = Annotated[str, typer.Option(envvar="CONVEYOR_API_URL", help="The ingest API's base URL.")]
+
+
+@app.command()
+def submit(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
+    model: Annotated[
+        str | None, typer.Option(help="Default: the first of CONVEYOR_MODELS.")
+    ] = None,
+    callback_url: Annotated[str | None, typer.Option(help="Webhook for the outcome.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the result (0: return at once).")
+    ] = 0,
+    api: ApiUrl = "http://127.0.0.1:8000",
+) -> None:
+    """Submit a job and print its id (or, with --wait, its result)."""
+    if model is None:
+        model = load_settings(AdminSettings).conveyor_models[0]
+    body = {"model": model, "inputs": texts, "callback_url": callback_url}
+    with httpx.Client(base_url=api, timeout=wait + 30) as http:
+        response = http.post("/v1/jobs", json=body)
+        _check(response)
+        job_id = response.json()["id"]
+        if wait <= 0:
+            typer.echo(job_id)
+            return
+        _print_job(http, job_id, wait)
+
+
+@app.command()
+def status(
+    job_id: str,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 0,
+    api: ApiUrl = "http://127.0.0.1:8000",
+) -> None:
+    """Print a job's status and result."""
+    with httpx.Client(base_url=api, timeout=wait + 30) as http:
+        _print_job(http, job_id, wait)
+
+
+def _print_job(http: httpx.Client, job_id: str, wait: float) -> None:
+    response = http.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait > 0 else None)
+    _check(response)
+    job = response.json()
+    result = job.get("result") or {}
+    outputs = result.get("outputs") or []
+    # Whole vectors are long: show their shape and first values; --json style for the rest.
+    summary = {k: v for k, v in job.items() if k != "result"}
+    if outputs:
+        summary["outputs"] = [
+            f"{len(vector)} dims: [{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]"
+            for vector in outputs
+        ]
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _check(response: httpx.Response) -> None:
+    if response.is_error:
+        typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+
+
 def _run(fn: object) -> None:
     try:
         anyio.run(fn)  # type: ignore[arg-type]
@@ -75,6 +141,14 @@ def _run(fn: object) -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
 
+
+def _register_models() -> None:
+    from services.infer.models_cli import models_app
+
+    app.add_typer(models_app, name="models", help="Push and list models in the models bucket.")
+
+
+_register_models()
 
 if __name__ == "__main__":
     app()

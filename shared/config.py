@@ -104,6 +104,12 @@ class CommonSettings(BaseSettings):
     conveyor_max_receive_count: int = Field(
         default=5, ge=1, le=1000, description="deliveries before a message moves to its DLQ"
     )
+    conveyor_notify_max_receive_count: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="deliveries of a notification before its DLQ (covers the retry schedule)",
+    )
     sqs_wait_s: int = Field(
         default=5,
         ge=0,
@@ -119,6 +125,13 @@ class CommonSettings(BaseSettings):
         le=1024 * 1024 - 16 * 1024,
         description="payloads larger than this many bytes travel through the payloads bucket",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics on this port (unset: off)",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address metrics bind")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="one of debug, info, warning, error"
     )
@@ -148,6 +161,7 @@ class CommonSettings(BaseSettings):
             prefix=self.conveyor_prefix,
             models=self.conveyor_models,
             max_receive_count=self.conveyor_max_receive_count,
+            notify_max_receive_count=self.conveyor_notify_max_receive_count,
         )
 
     def aws(self) -> AwsSettings:
@@ -328,6 +342,17 @@ class NotifySettings(CommonSettings):
         if isinstance(value, str):
             return tuple(float(part) for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _schedule_fits_redrive(self) -> NotifySettings:
+        attempts = len(self.retry_schedule_s) + 1
+        if attempts > self.conveyor_notify_max_receive_count:
+            raise ValueError(
+                f"NOTIFY_RETRY_SCHEDULE_S makes {attempts} attempts, more than "
+                f"CONVEYOR_NOTIFY_MAX_RECEIVE_COUNT={self.conveyor_notify_max_receive_count} "
+                "deliveries before the notify queue's DLQ: raise the count or shorten the schedule"
+            )
+        return self
 
     @field_validator("webhook_secret")
     @classmethod

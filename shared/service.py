@@ -37,6 +37,11 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger(name)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
 
     async def run() -> None:
         stopping = anyio.Event()

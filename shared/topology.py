@@ -145,6 +145,9 @@ class Topology:
     prefix: str = "conveyor"
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     max_receive_count: int = 5
+    notify_max_receive_count: int = 20
+    """notify retries webhooks on its own schedule (visibility changes count as receives), so
+    its queue redrives later; poison still reaches its DLQ."""
     retention_s: int = 4 * _DAY
     dlq_retention_s: int = 14 * _DAY
     infer_visibility_timeout_s: int = 120
@@ -168,25 +171,31 @@ class Topology:
                 )
         if len(set(self.models)) != len(self.models):
             raise TopologyError(f"model names repeat: {', '.join(self.models)}")
-        if not 1 <= self.max_receive_count <= 1000:
-            raise TopologyError("max_receive_count must be between 1 and 1000 (an SQS limit)")
+        for count in (self.max_receive_count, self.notify_max_receive_count):
+            if not 1 <= count <= 1000:
+                raise TopologyError("max_receive_count must be between 1 and 1000 (an SQS limit)")
         if not _SQS_MIN_RETENTION <= self.retention_s < self.dlq_retention_s <= _SQS_MAX_RETENTION:
             raise TopologyError(
                 "retention must satisfy 60 s <= queue retention < DLQ retention <= 14 days, "
                 "so that a message cannot expire in its DLQ before it would have in its source"
             )
         queues = [self._queue(f"infer-{m}", self.infer_visibility_timeout_s) for m in self.models]
-        queues += [self._queue(key, self.visibility_timeout_s) for key in ("results", "notify")]
+        queues.append(self._queue("results", self.visibility_timeout_s))
+        queues.append(
+            self._queue("notify", self.visibility_timeout_s, self.notify_max_receive_count)
+        )
         object.__setattr__(self, "_queues", {q.key: q for q in queues})
 
-    def _queue(self, key: str, visibility_timeout_s: int) -> QueueSpec:
+    def _queue(
+        self, key: str, visibility_timeout_s: int, max_receive_count: int | None = None
+    ) -> QueueSpec:
         return QueueSpec(
             key=key,
             name=f"{self.prefix}-{key}",
             visibility_timeout_s=visibility_timeout_s,
             retention_s=self.retention_s,
             dlq_retention_s=self.dlq_retention_s,
-            max_receive_count=self.max_receive_count,
+            max_receive_count=max_receive_count or self.max_receive_count,
         )
 
     # -- queues ------------------------------------------------------------------------------

@@ -1,22 +1,120 @@
 """infer: pulls jobs of one model in batches, runs the model, publishes results.
 
-A shell until the pipeline lands: it resolves its queues and idles."""
+Start-up: resolve the model version (INFER_MODEL_VERSION or the latest pushed), fetch and
+verify its artifacts from the models bucket, load the handler on the chosen device (CUDA when
+present, else CPU), then receive. Each message is one job; concurrent handlers feed the
+dynamic batcher (:mod:`services.infer.runner`); each job's result (succeeded with outputs,
+or failed with the model's error) is published to the results queue, claim-checked when
+large, before the job's message is deleted.
+"""
 
 from __future__ import annotations
 
+import datetime
+import tempfile
+from pathlib import Path
+
 import anyio
 
+from services.infer.handlers import choose_device, import_handler_modules, load_handler
+from services.infer.registry import fetch_model, resolve_version
+from services.infer.runner import ModelFailure, ModelRunner
+from shared.aws import AwsClients, resolve_queue_url
+from shared.claimcheck import ClaimCheck
 from shared.config import InferSettings
-from shared.service import wait_ready
+from shared.messages import JobRequest, JobResult, JobStatus, MessageType, PoisonMessage
+from shared.sqs import Publisher, ReceivedMessage, SqsConsumer
+from shared.telemetry import get_logger
 
-__all__ = ["queues", "run"]
+__all__ = ["run"]
+
+log = get_logger("infer")
 
 
-def queues(settings: InferSettings) -> list[str]:
-    """The queues this service talks to."""
-    topology = settings.topology()
-    return [topology.infer_queue(settings.served_model).name, topology.results_queue.name]
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 async def run(settings: InferSettings, stopping: anyio.Event) -> None:
-    await wait_ready(settings, queues(settings), stopping)
+    topology = settings.topology()
+    model = settings.served_model
+    aws = settings.aws()
+    import_handler_modules(settings.handler_modules)
+    device = choose_device(settings.device)
+    with tempfile.TemporaryDirectory(prefix="conveyor-models-") as scratch:
+        cache_dir = Path(settings.cache_dir) if settings.cache_dir else Path(scratch)
+        async with AwsClients(aws) as clients:
+            sqs = await clients.sqs()
+            jobs_url = await resolve_queue_url(sqs, aws, topology.infer_queue(model).name)
+            results_url = await resolve_queue_url(sqs, aws, topology.results_queue.name)
+            bucket = topology.models_bucket.name
+            version = await resolve_version(clients, bucket, model, settings.model_version)
+            manifest, directory = await fetch_model(clients, bucket, model, version, cache_dir)
+            began = anyio.current_time()
+            handler = await anyio.to_thread.run_sync(load_handler, manifest.kind, directory, device)
+            log.info(
+                "model loaded",
+                model=model,
+                version=version,
+                kind=manifest.kind,
+                device=str(device),
+                seconds=round(anyio.current_time() - began, 2),
+            )
+            runner = ModelRunner(
+                handler,
+                max_batch_items=settings.max_batch_items,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_wait_s=settings.max_batch_wait_s,
+            )
+            claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
+            results = Publisher(sqs, aws, results_url)
+
+            async def handle(message: ReceivedMessage) -> None:
+                envelope, request = await claims.read(
+                    message.body, MessageType.JOB_REQUESTED, JobRequest
+                )
+                if request.model != model:
+                    raise PoisonMessage(f"a job for model {request.model!r} in {model!r}'s queue")
+                started = _now()
+                outputs: list[list[float]] | None = None
+                error: str | None = None
+                try:
+                    outputs = await runner.run(runner.job(envelope.job_id, request.inputs))
+                except ModelFailure as exc:  # the job fails; the message is done
+                    error = str(exc)
+                result = JobResult(
+                    status=JobStatus.SUCCEEDED if error is None else JobStatus.FAILED,
+                    model=model,
+                    model_version=version,
+                    outputs=outputs,
+                    error=error,
+                    started_at=started,
+                    finished_at=_now(),
+                    callback_url=request.callback_url,
+                )
+                sealed = await claims.seal(
+                    MessageType.JOB_RESULT,
+                    job_id=envelope.job_id,
+                    tenant=envelope.tenant,
+                    traceparent=envelope.traceparent,
+                    payload=result,
+                )
+                await results.publish(sealed.model_dump_json())
+
+            consumer = SqsConsumer(
+                sqs,
+                aws,
+                jobs_url,
+                handle,
+                name="infer",
+                concurrency=settings.concurrency,
+                wait_s=settings.sqs_wait_s,
+                grace_s=settings.shutdown_grace_s,
+            )
+            async with anyio.create_task_group() as tg:
+                runner.start(tg)
+                results.start(tg)
+                log.info("ready", model=model, version=version, queue=jobs_url.rsplit("/", 1)[-1])
+                await consumer.run(stopping)
+                tg.cancel_scope.cancel()
+            log.info("batching", model=model, summary=runner.stats.summary())

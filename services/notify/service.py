@@ -1,22 +1,105 @@
-"""notify: delivers signed webhooks with retries.
+"""notify: tells each job's callback URL how the job ended, signed, retried, logged.
 
-A shell until the pipeline lands: it resolves its queue and idles."""
+For each notification: skip it if this job's event was already delivered (a redelivered or
+duplicated message), build the body from the job's final state, POST it signed (Standard
+Webhooks), and record the attempt. A failed attempt is retried on the configured schedule by
+making the message visible again later (``Retry-After`` can lengthen a wait); 410 Gone or the
+end of the schedule ends the delivery as failed. Every retry carries the same ``webhook-id``.
+"""
 
 from __future__ import annotations
 
+import datetime
+
 import anyio
 
+from services.notify.delivery import WebhookSender, webhook_id_for
+from services.notify.schedule import RetrySchedule
+from services.notify.store import (
+    already_delivered,
+    attempts_so_far,
+    load_notification_data,
+    record_attempt,
+)
+from shared.aws import AwsClients, resolve_queue_url
+from shared.claimcheck import ClaimCheck
 from shared.config import NotifySettings
-from shared.service import wait_ready
+from shared.db import open_pool
+from shared.messages import MessageType, Notification, PoisonMessage
+from shared.sqs import ReceivedMessage, RetryLater, SqsConsumer
+from shared.telemetry import get_logger
 
-__all__ = ["queues", "run"]
+__all__ = ["run"]
 
-
-def queues(settings: NotifySettings) -> list[str]:
-    """The queues this service talks to."""
-    topology = settings.topology()
-    return [topology.notify_queue.name]
+log = get_logger("notify")
 
 
 async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
-    await wait_ready(settings, queues(settings), stopping)
+    topology = settings.topology()
+    aws = settings.aws()
+    schedule = RetrySchedule.from_settings(settings)
+    async with (
+        AwsClients(aws) as clients,
+        open_pool(settings.database_url) as pool,
+        WebhookSender(settings.webhook_secret, settings.request_timeout_s) as sender,
+    ):
+        sqs = await clients.sqs()
+        notify_url = await resolve_queue_url(sqs, aws, topology.notify_queue.name)
+        claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
+
+        async def handle(message: ReceivedMessage) -> None:
+            envelope, note = await claims.read(
+                message.body, MessageType.JOB_NOTIFICATION, Notification
+            )
+            job_id, event = envelope.job_id, note.event
+            async with pool.acquire() as conn:
+                if await already_delivered(conn, job_id, event):
+                    log.info(
+                        "duplicate notification dropped", job_id=str(job_id), webhook_event=event
+                    )
+                    return
+                data = await load_notification_data(conn, job_id)
+                if data is None:
+                    raise PoisonMessage(f"notification for unknown job {job_id}")
+                attempt = await attempts_so_far(conn, job_id, event) + 1
+            finished = data.get("finished_at")
+            outcome = await sender.deliver(
+                note.callback_url,
+                webhook_id=webhook_id_for(job_id, event),
+                event_type=event,
+                data=data,
+                # The event's own time: the body stays byte-identical across retries.
+                occurred_at=datetime.datetime.fromisoformat(finished) if finished else None,
+            )
+            async with pool.acquire() as conn:
+                await record_attempt(
+                    conn,
+                    job_id=job_id,
+                    webhook_id=webhook_id_for(job_id, event),
+                    event=event,
+                    attempt=attempt,
+                    url=note.callback_url,
+                    outcome=outcome,
+                )
+            bound = log.bind(job_id=str(job_id), webhook_event=event, attempt=attempt)
+            if outcome.succeeded:
+                bound.info("delivered", status=outcome.status_code, ms=outcome.duration_ms)
+                return
+            delay = None if outcome.give_up else schedule.next_delay(attempt, outcome.retry_after_s)
+            if delay is None:
+                bound.warning("delivery failed for good", error=outcome.error)
+                return
+            raise RetryLater(f"delivery attempt {attempt} failed: {outcome.error}", delay)
+
+        consumer = SqsConsumer(
+            sqs,
+            aws,
+            notify_url,
+            handle,
+            name="notify",
+            concurrency=settings.concurrency,
+            wait_s=settings.sqs_wait_s,
+            grace_s=settings.shutdown_grace_s,
+        )
+        log.info("ready", queue=topology.notify_queue.name)
+        await consumer.run(stopping)

@@ -1,5 +1,6 @@
 """Database access and the schema migrations."""
 
 from shared.db.migrate import Migration, discover, migrate
+from shared.db.pool import Connection, open_pool
 
-__all__ = ["Migration", "discover", "migrate"]
+__all__ = ["Connection", "Migration", "discover", "migrate", "open_pool"]

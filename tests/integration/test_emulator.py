@@ -27,7 +27,7 @@ async def test_every_queue_has_its_dlq_and_redrive_policy(stack: Stack) -> None:
             ]
             redrive = json.loads(attributes["RedrivePolicy"])
             assert redrive["deadLetterTargetArn"] == arns.queue(queue.dlq_name)
-            assert int(redrive["maxReceiveCount"]) == topology.max_receive_count
+            assert int(redrive["maxReceiveCount"]) == queue.max_receive_count
             dlq_attributes = (
                 await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])
             )["Attributes"]

@@ -55,7 +55,9 @@ def put_object(bucket: Callable[[Stack], str]) -> Call:
 
 def get_object(bucket: Callable[[Stack], str], key: str) -> Call:
     async def call(clients: AwsClients, stack: Stack) -> object:
-        return await (await clients.s3()).get_object(Bucket=bucket(stack), Key=key)
+        response = await (await clients.s3()).get_object(Bucket=bucket(stack), Key=key)
+        async with response["Body"] as body:  # release the connection
+            return await body.read()
 
     return call
 

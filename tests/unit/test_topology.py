@@ -25,12 +25,12 @@ def test_prefix_separates_stacks() -> None:
 
 
 def test_redrive_policy_and_retention() -> None:
-    topology = Topology(max_receive_count=3)
+    topology = Topology(max_receive_count=3, notify_max_receive_count=12)
     for queue in topology.queues:
         policy = json.loads(queue.redrive_policy(ARNS.queue(queue.dlq_name)))
         assert policy == {
             "deadLetterTargetArn": f"arn:aws:sqs:eu-west-1:111122223333:{queue.dlq_name}",
-            "maxReceiveCount": 3,
+            "maxReceiveCount": 12 if queue.key == "notify" else 3,
         }
         assert int(queue.dlq_attributes()["MessageRetentionPeriod"]) > int(
             queue.attributes()["MessageRetentionPeriod"]

@@ -1,0 +1,321 @@
+"""Consuming one SQS queue: receive in batches, handle concurrently, delete after the effect.
+
+    receiver ──(bounded stream: the backpressure)──> N workers ──> batched deletes
+        └── heartbeat: extends the visibility of every message still held
+
+- A message is deleted (``DeleteMessageBatch``) only after its handler returned.
+- A handler that raises makes only its own message visible again after a backoff
+  (``ChangeMessageVisibility``): :class:`~shared.sqs.retry.RetryLater` chooses the delay,
+  any other error uses the :class:`~shared.sqs.retry.RetryPolicy`. :class:`PoisonMessage`
+  gives the message straight back, logged once, and the queue's redrive policy moves it to the
+  DLQ after ``maxReceiveCount`` deliveries. A failing message never stops the worker.
+- Shutdown (the ``stopping`` event): stop receiving (the poll in progress completes, at most
+  ``wait_s``), give back messages not yet started (visibility 0), let started ones finish within
+  ``grace_s``, give back those that did not, then log one summary line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from shared.aws.errors import aws_errors
+from shared.batching import Batcher
+from shared.config import AwsSettings
+from shared.errors import AccessDenied, AwsError, ResourceNotFound
+from shared.messages import PoisonMessage
+from shared.sqs.retry import RetryLater, RetryPolicy
+from shared.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+
+__all__ = ["ConsumerStats", "Handler", "ReceivedMessage", "SqsConsumer"]
+
+MAX_RECEIVE = 10  # an SQS limit
+
+
+@dataclass
+class ReceivedMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    received_at: float
+
+
+Handler = Callable[[ReceivedMessage], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    received: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    poison: int = 0
+    given_back: int = 0
+    delete_failures: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"received={self.received} succeeded={self.succeeded} retried={self.retried} "
+            f"failed={self.poison} given_back={self.given_back}"
+        )
+
+
+class SqsConsumer:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        aws: AwsSettings,
+        queue_url: str,
+        handler: Handler,
+        *,
+        name: str,
+        concurrency: int = 16,
+        wait_s: int = 5,
+        grace_s: float = 20.0,
+        retry: RetryPolicy | None = None,
+        visibility_timeout_s: int | None = None,
+    ) -> None:
+        self._sqs = sqs
+        self._aws = aws
+        self.queue_url = queue_url
+        self._handler = handler
+        self.name = name
+        self.concurrency = concurrency
+        self.wait_s = wait_s
+        self.grace_s = grace_s
+        self.retry = retry or RetryPolicy()
+        self.visibility_timeout_s = visibility_timeout_s
+        self.stats = ConsumerStats()
+        self._held: dict[str, ReceivedMessage] = {}
+        self._log = get_logger(name).bind(queue=queue_url.rsplit("/", 1)[-1])
+        self._deleter: Batcher[ReceivedMessage, None] = Batcher(
+            self._delete_batch, max_items=MAX_RECEIVE, max_wait_s=0.05, concurrency=4
+        )
+
+    # -- the run loop --------------------------------------------------------------------
+
+    async def run(
+        self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self.visibility_timeout_s is None:
+            self.visibility_timeout_s = await self._queue_visibility_timeout()
+        async with anyio.create_task_group() as services:
+            self._deleter.start(services)
+            services.start_soon(self._heartbeat)
+            with anyio.CancelScope() as handling:
+                services.start_soon(self._cancel_after_grace, stopping, handling)
+                send, receive = anyio.create_memory_object_stream[ReceivedMessage](0)
+                async with anyio.create_task_group() as workers:
+                    workers.start_soon(self._receive_loop, send, stopping)
+                    for _ in range(self.concurrency):
+                        workers.start_soon(self._worker, receive.clone(), stopping)
+                    receive.close()
+                    task_status.started()
+            # Every message received was deleted, retried or given back.
+            services.cancel_scope.cancel()
+        self._log.info("consumer stopped", summary=self.stats.summary())
+
+    async def _cancel_after_grace(self, stopping: anyio.Event, handling: anyio.CancelScope) -> None:
+        await stopping.wait()
+        await anyio.sleep(self.grace_s)
+        if self._held:
+            self._log.warning("grace period over, cancelling handlers", held=len(self._held))
+        handling.cancel()
+
+    async def _receive_loop(
+        self, send: MemoryObjectSendStream[ReceivedMessage], stopping: anyio.Event
+    ) -> None:
+        failures = 0
+        async with send:
+            while not stopping.is_set():
+                try:
+                    batch = await self._receive_batch()
+                    failures = 0
+                except (AccessDenied, ResourceNotFound):
+                    raise
+                except AwsError as exc:
+                    failures += 1
+                    delay = min(0.5 * 2**failures, 10.0)
+                    self._log.warning("receive failed", error=str(exc), retry_in_s=delay)
+                    with anyio.move_on_after(delay):
+                        await stopping.wait()
+                    continue
+                for index, message in enumerate(batch):
+                    if not await self._hand_over(send, message, stopping):
+                        await self._give_back(batch[index:])
+                        break
+        # A stop while no worker was free: the rest of the batch went back above.
+
+    async def _hand_over(
+        self,
+        send: MemoryObjectSendStream[ReceivedMessage],
+        message: ReceivedMessage,
+        stopping: anyio.Event,
+    ) -> bool:
+        """Wait for a free worker (the backpressure), unless a stop comes first."""
+        if stopping.is_set():
+            return False
+        delivered = False
+        async with anyio.create_task_group() as race:
+
+            async def hand() -> None:
+                nonlocal delivered
+                await send.send(message)
+                delivered = True
+                race.cancel_scope.cancel()
+
+            async def stop() -> None:
+                await stopping.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(hand)
+            race.start_soon(stop)
+        return delivered
+
+    async def _worker(
+        self, receive: MemoryObjectReceiveStream[ReceivedMessage], stopping: anyio.Event
+    ) -> None:
+        async with receive:
+            async for message in receive:
+                if stopping.is_set():
+                    await self._give_back([message])
+                    continue
+                await self._handle(message)
+
+    async def _handle(self, message: ReceivedMessage) -> None:
+        log = self._log.bind(message_id=message.message_id, receive_count=message.receive_count)
+        try:
+            await self._handler(message)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._give_back([message])
+            raise
+        except PoisonMessage as exc:
+            self.stats.poison += 1
+            if message.receive_count <= 1:  # logged once, not on every redelivery
+                log.error(
+                    "poison message, the redrive policy will move it to the DLQ", error=str(exc)
+                )
+            await self._set_visibility(message, 0)
+        except RetryLater as exc:
+            self.stats.retried += 1
+            log.info("retry later", reason=str(exc), delay_s=exc.delay_s)
+            await self._set_visibility(message, exc.delay_s)
+        except Exception as exc:  # a failing message must never stop the worker
+            self.stats.retried += 1
+            delay = self.retry.delay_s(message.receive_count)
+            log.warning("handler failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+            await self._set_visibility(message, delay)
+        else:
+            try:
+                await self._deleter.submit(message)
+                self.stats.succeeded += 1
+            except AwsError as exc:
+                # The effect is done; SQS will deliver again and the handler is idempotent.
+                self.stats.delete_failures += 1
+                log.warning("delete failed", error=str(exc))
+        finally:
+            self._held.pop(message.receipt_handle, None)
+
+    # -- SQS calls -----------------------------------------------------------------------
+
+    async def _receive_batch(self) -> list[ReceivedMessage]:
+        with aws_errors(self._aws, resource=self.queue_url):
+            response = await self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=MAX_RECEIVE,
+                WaitTimeSeconds=self.wait_s,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        now = anyio.current_time()
+        batch = []
+        for raw in response.get("Messages", []):
+            message = ReceivedMessage(
+                message_id=raw["MessageId"],
+                receipt_handle=raw["ReceiptHandle"],
+                body=raw.get("Body", ""),
+                receive_count=int(raw.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                received_at=now,
+            )
+            self._held[message.receipt_handle] = message
+            batch.append(message)
+        self.stats.received += len(batch)
+        return batch
+
+    async def _delete_batch(self, batch: list[ReceivedMessage]) -> list[BaseException | None]:
+        entries: list[Any] = [
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)
+        ]
+        with aws_errors(self._aws, resource=self.queue_url):
+            response = await self._sqs.delete_message_batch(
+                QueueUrl=self.queue_url, Entries=entries
+            )
+        results: list[BaseException | None] = [None] * len(batch)
+        for failed in response.get("Failed", []):
+            results[int(failed["Id"])] = AwsError(
+                f"DeleteMessageBatch refused an entry: {failed.get('Message', '')}",
+                code=failed.get("Code", ""),
+            )
+        return results
+
+    async def _set_visibility(self, message: ReceivedMessage, seconds: int) -> None:
+        try:
+            with aws_errors(self._aws, resource=self.queue_url):
+                await self._sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=message.receipt_handle,
+                    VisibilityTimeout=seconds,
+                )
+        except AwsError as exc:  # it comes back anyway when its visibility runs out
+            self._log.warning("visibility change failed", error=str(exc))
+
+    async def _give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Visibility 0: another worker may take these at once."""
+        for start in range(0, len(messages), MAX_RECEIVE):
+            chunk = messages[start : start + MAX_RECEIVE]
+            await self._change_batch(chunk, 0)
+            for message in chunk:
+                self._held.pop(message.receipt_handle, None)
+            self.stats.given_back += len(chunk)
+
+    async def _change_batch(self, messages: list[ReceivedMessage], seconds: int) -> None:
+        entries: list[Any] = [
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+            for i, m in enumerate(messages)
+        ]
+        try:
+            with aws_errors(self._aws, resource=self.queue_url):
+                await self._sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+        except AwsError as exc:
+            self._log.warning("visibility change failed", error=str(exc), count=len(messages))
+
+    async def _queue_visibility_timeout(self) -> int:
+        with aws_errors(self._aws, resource=self.queue_url):
+            response = await self._sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["VisibilityTimeout"]
+            )
+        return int(response["Attributes"]["VisibilityTimeout"])
+
+    async def _heartbeat(self) -> None:
+        """Extend every held message before its visibility runs out (long jobs, queued work)."""
+        timeout = self.visibility_timeout_s or 30
+        interval = max(timeout / 3, 1.0)
+        while True:
+            await anyio.sleep(interval)
+            now = anyio.current_time()
+            due = [m for m in list(self._held.values()) if now - m.received_at >= interval]
+            for start in range(0, len(due), MAX_RECEIVE):
+                chunk = due[start : start + MAX_RECEIVE]
+                await self._change_batch(chunk, timeout)
+                for message in chunk:
+                    message.received_at = now

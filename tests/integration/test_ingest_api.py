@@ -1,0 +1,562 @@
+"""The ingest HTTP API against a real PostgreSQL; the queue side is a recording fake.
+
+The fake ``enqueue`` stands at the transport seam (the SQS publisher is injected), so every
+assertion about what was "sent" reads the envelopes it recorded.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from emulator import Stack
+from services.ingest.api import JobWaiters, create_app
+from shared.config import IngestSettings
+from shared.errors import AwsUnavailable
+from shared.messages import Envelope, JobRequest, MessageType, decode_envelope
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "all-minilm-l6-v2"
+TENANT_HEADER = "x-test-tenant"
+MAX_INPUTS = 4
+MAX_INPUT_CHARS = 50
+MAX_BODY_BYTES = 4096
+MAX_WAIT_S = 5.0
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    pool: asyncpg.Pool
+    tenant: str
+    """What the app takes as the tenant when a request does not name one."""
+    sent: list[Envelope] = field(default_factory=list)
+
+    @property
+    def waiters(self) -> JobWaiters:
+        waiters: JobWaiters = self.app.state.job_waiters
+        return waiters
+
+    async def rows(self, tenant: str | None = None) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(
+                "SELECT * FROM jobs WHERE tenant_id = $1", tenant or self.tenant
+            )
+
+    async def submit(self, **body: Any) -> uuid.UUID:
+        response = await self.client.post("/v1/jobs", json={"model": MODEL, **body})
+        assert response.status_code == 202, response.text
+        return uuid.UUID(response.json()["id"])
+
+
+@asynccontextmanager
+async def running(
+    stack: Stack,
+    *,
+    enqueue: Callable[[Envelope], Any] | None = None,
+    check_queues: Callable[[], Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Api]:
+    """The app with its lifespan entered, on a pool of its own, for a tenant of its own."""
+    settings = IngestSettings(
+        database_url=stack.database_url,
+        conveyor_models=(MODEL,),
+        max_inputs=MAX_INPUTS,
+        max_input_chars=MAX_INPUT_CHARS,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_wait_s=MAX_WAIT_S,
+        **overrides,
+    )
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    sent: list[Envelope] = []
+
+    async def record(envelope: Envelope) -> None:
+        sent.append(envelope)
+
+    async def queues_ok() -> None:
+        return None
+
+    def tenant_of(request: Request) -> str:
+        return request.headers.get(TENANT_HEADER, tenant)
+
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
+    try:
+        app = create_app(
+            settings,
+            pool=pool,
+            enqueue=enqueue or record,
+            check_queues=check_queues or queues_ok,
+            tenant_of=tenant_of,
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            yield Api(app=app, client=client, pool=pool, tenant=tenant, sent=sent)
+    finally:
+        with anyio.fail_after(10):
+            await pool.close()
+
+
+@pytest.fixture
+async def api(stack: Stack, clean_env: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    async with running(stack) as running_api:
+        yield running_api
+
+
+async def finish(pool: asyncpg.Pool, job_id: uuid.UUID, outputs: Any, *, notify: bool) -> None:
+    """Finalise a job as the persist service does: row, result and notification at once."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            UPDATE jobs SET status = 'succeeded', model_version = 'v1',
+                started_at = now(), finished_at = now(), updated_at = now()
+            WHERE id = $1
+            """,
+            job_id,
+        )
+        await conn.execute(
+            "INSERT INTO results (job_id, outputs, model_version, batch_size) "
+            "VALUES ($1, $2::jsonb, 'v1', 1)",
+            job_id,
+            json.dumps(outputs),
+        )
+        if notify:
+            await conn.execute("SELECT pg_notify('job_finished', $1::text)", str(job_id))
+
+
+# -- submitting ---------------------------------------------------------------------------------
+
+
+async def test_valid_job_is_recorded_and_enqueued_once(api: Api) -> None:
+    body = {"model": MODEL, "inputs": ["hello", "world"], "callback_url": "https://example.com/h"}
+    response = await api.client.post("/v1/jobs", json=body)
+
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    job_id = uuid.UUID(accepted["id"])
+    assert accepted["status"] == "queued"
+    assert accepted["status_url"] == f"http://testserver/v1/jobs/{job_id}"
+    assert response.headers["location"] == accepted["status_url"]
+
+    [row] = await api.rows()
+    assert row["id"] == job_id
+    assert row["status"] == "queued"
+    assert row["model"] == MODEL
+    assert row["inputs_count"] == 2
+    assert row["callback_url"] == "https://example.com/h"
+
+    [envelope] = api.sent
+    assert envelope.type is MessageType.JOB_REQUESTED
+    assert envelope.job_id == job_id
+    assert envelope.tenant == api.tenant
+    assert decode_envelope(envelope.model_dump_json()) == envelope
+    request = JobRequest.model_validate(envelope.payload)
+    assert request.model == MODEL
+    assert request.inputs == ["hello", "world"]
+    assert request.callback_url == "https://example.com/h"
+
+
+async def test_status_url_uses_the_public_url(stack: Stack, clean_env: pytest.MonkeyPatch) -> None:
+    async with running(stack, public_url="https://api.example.com/conveyor/") as api:
+        response = await api.client.post("/v1/jobs", json={"model": MODEL, "inputs": ["a"]})
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    assert response.json()["status_url"] == f"https://api.example.com/conveyor/v1/jobs/{job_id}"
+    assert response.headers["location"] == response.json()["status_url"]
+
+
+def _json(body: Any) -> dict[str, Any]:
+    return {"content": json.dumps(body).encode(), "headers": {"content-type": "application/json"}}
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    """A valid JSON body of more than ``total`` bytes, streamed without a Content-Length."""
+    yield b'{"model": "all-minilm-l6-v2", "inputs": ["'
+    for _ in range(total // 512 + 1):
+        yield b"x" * 512
+    yield b'"]}'
+
+
+REJECTED: list[Any] = [
+    pytest.param(_json({"model": "nope", "inputs": ["a"]}), 422, ["model", MODEL], id="model"),
+    pytest.param(_json({"model": MODEL, "inputs": []}), 422, ["inputs"], id="no-inputs"),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"] * (MAX_INPUTS + 1)}),
+        422,
+        ["inputs", str(MAX_INPUTS)],
+        id="too-many-inputs",
+    ),
+    pytest.param(_json({"model": MODEL, "inputs": ["a", " \n\t"]}), 422, ["inputs[1]"], id="blank"),
+    pytest.param(_json({"model": MODEL, "inputs": [""]}), 422, ["inputs[0]"], id="empty-input"),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["x" * (MAX_INPUT_CHARS + 1)]}),
+        422,
+        ["inputs[0]", str(MAX_INPUT_CHARS)],
+        id="too-long-input",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "ftp://example.com/h"}),
+        422,
+        ["callback_url"],
+        id="ftp-callback",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "/hooks/1"}),
+        422,
+        ["callback_url"],
+        id="relative-callback",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "https://e.com/" + "a" * 2040}),
+        422,
+        ["callback_url"],
+        id="long-callback",
+    ),
+    pytest.param(_json({"model": 5, "inputs": "abc"}), 422, ["model", "inputs"], id="types"),
+    pytest.param(_json({"model": MODEL, "inputs": [1, 2]}), 422, ["inputs[0]"], id="item-types"),
+    pytest.param(_json(["not", "an", "object"]), 422, ["body"], id="array-body"),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callbackurl": "https://e.com"}),
+        422,
+        ["callbackurl"],
+        id="unknown-field",
+    ),
+    pytest.param(
+        {"content": b'{"model": "x", ', "headers": {"content-type": "application/json"}},
+        400,
+        ["JSON"],
+        id="malformed-json",
+    ),
+    pytest.param({"content": b""}, 422, ["body"], id="empty-body"),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["x" * 40] * (MAX_BODY_BYTES // 40)}),
+        413,
+        [str(MAX_BODY_BYTES)],
+        id="oversized",
+    ),
+    pytest.param(
+        {"content": _chunks(MAX_BODY_BYTES), "headers": {"content-type": "application/json"}},
+        413,
+        [str(MAX_BODY_BYTES)],
+        id="oversized-streamed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_kwargs", "status", "named"), REJECTED)
+async def test_rejected_request_writes_and_sends_nothing(
+    api: Api, request_kwargs: dict[str, Any], status: int, named: list[str]
+) -> None:
+    response = await api.client.post("/v1/jobs", **request_kwargs)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert "\n" not in error
+    for word in named:
+        assert word in error
+    if status == 422:
+        assert response.json()["detail"]
+    assert await api.rows() == []
+    assert api.sent == []
+
+
+async def test_oversized_body_is_refused_from_its_content_length(api: Api) -> None:
+    """A declared length over the limit is refused before a byte of the body is read."""
+    read = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(4):
+            read += 1
+            yield b"x" * MAX_BODY_BYTES
+
+    size = str(4 * MAX_BODY_BYTES)
+    headers = {"content-type": "application/json", "content-length": size}
+    response = await api.client.post("/v1/jobs", content=body(), headers=headers)
+
+    assert response.status_code == 413
+    assert str(MAX_BODY_BYTES) in response.json()["error"]
+    assert read <= 1  # the transport may have pulled the first chunk; nothing more
+    assert await api.rows() == []
+
+
+async def test_enqueue_failure_fails_the_job_and_asks_to_retry(
+    stack: Stack, clean_env: pytest.MonkeyPatch
+) -> None:
+    async def broken(envelope: Envelope) -> None:
+        raise AwsUnavailable("the queue endpoint did not answer")
+
+    async with running(stack, enqueue=broken) as api:
+        response = await api.client.post("/v1/jobs", json={"model": MODEL, "inputs": ["a"]})
+        [row] = await api.rows()
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["content-type"] == "application/json"
+    assert "retry" in response.json()["error"]
+    assert row["status"] == "failed"
+    assert row["error"] == "could not enqueue: the queue endpoint did not answer"
+    assert row["finished_at"] is not None
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+async def test_get_returns_the_job(api: Api) -> None:
+    job_id = await api.submit(inputs=["a", "b", "c"])
+
+    response = await api.client.get(f"/v1/jobs/{job_id}")
+
+    assert response.status_code == 200
+    job = response.json()
+    assert job["id"] == str(job_id)
+    assert job["status"] == "queued"
+    assert job["model"] == MODEL
+    assert job["inputs_count"] == 3
+    assert job["result"] is None
+    assert job["error"] is None
+    assert job["started_at"] is None
+
+
+async def test_unknown_job_is_404(api: Api) -> None:
+    response = await api.client.get(f"/v1/jobs/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert "no job" in response.json()["error"]
+
+
+async def test_another_tenants_job_is_404(api: Api) -> None:
+    job_id = await api.submit(inputs=["mine"])
+
+    other = await api.client.get(f"/v1/jobs/{job_id}", headers={TENANT_HEADER: "someone-else"})
+    mine = await api.client.get(f"/v1/jobs/{job_id}")
+
+    assert other.status_code == 404
+    assert other.json() == {"error": f"no job {job_id}"}  # the same as for no job at all
+    assert mine.status_code == 200
+
+
+async def test_malformed_id_is_422_naming_it(api: Api) -> None:
+    response = await api.client.get("/v1/jobs/not-a-uuid")
+    assert response.status_code == 422
+    assert "job_id" in response.json()["error"]
+
+
+async def test_wait_above_the_maximum_is_422(api: Api) -> None:
+    response = await api.client.get(f"/v1/jobs/{uuid.uuid4()}", params={"wait": MAX_WAIT_S + 1})
+    assert response.status_code == 422
+    assert "wait" in response.json()["error"]
+
+
+async def test_wait_returns_when_the_job_finishes(api: Api) -> None:
+    job_id = await api.submit(inputs=["a", "b"])
+    outputs = [[0.25, -0.5], [1.0, 0.0]]
+
+    async def finish_soon() -> None:
+        await anyio.sleep(0.3)
+        await finish(api.pool, job_id, outputs, notify=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_soon)
+        started = time.monotonic()
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            response = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": MAX_WAIT_S})
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "succeeded"
+    assert job["result"] == {"outputs": outputs}
+    assert job["model_version"] == "v1"
+    assert job["finished_at"] is not None
+    # Woken by the notification, well before the 1 s re-read would have found it.
+    assert 0.25 <= elapsed < 0.8, elapsed
+    assert len(api.waiters) == 0
+
+
+async def test_wait_notices_a_finish_without_notification(api: Api) -> None:
+    """The safety net: a missed notification delays the answer by at most about a second."""
+    job_id = await api.submit(inputs=["a"])
+
+    async def finish_soon() -> None:
+        await anyio.sleep(0.3)
+        await finish(api.pool, job_id, [[0.5]], notify=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_soon)
+        started = time.monotonic()
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            response = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": MAX_WAIT_S})
+        elapsed = time.monotonic() - started
+
+    assert response.json()["status"] == "succeeded"
+    assert elapsed < 2.0, elapsed
+
+
+async def test_wait_times_out_with_the_current_state(api: Api) -> None:
+    job_id = await api.submit(inputs=["a"])
+
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        response = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": 0.5})
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
+    assert 0.45 <= elapsed < 1.5, elapsed
+    assert len(api.waiters) == 0
+
+
+async def test_wait_on_a_final_job_answers_at_once(api: Api) -> None:
+    job_id = await api.submit(inputs=["a"])
+    await finish(api.pool, job_id, [[1.0]], notify=False)
+
+    started = time.monotonic()
+    response = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": MAX_WAIT_S})
+
+    assert response.json()["status"] == "succeeded"
+    assert time.monotonic() - started < 0.5
+
+
+async def test_listener_reconnects_after_its_connection_is_killed(api: Api) -> None:
+    assert api.waiters.listening
+    async with api.pool.acquire() as conn:
+        killed = await conn.fetchval(
+            """
+            SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE pid <> pg_backend_pid() AND query = 'LISTEN "job_finished"' AND state = 'idle'
+            """
+        )
+    assert killed >= 1
+    with anyio.fail_after(5):
+        while api.waiters.listening:
+            await anyio.sleep(0.02)
+        while not api.waiters.listening:
+            await anyio.sleep(0.02)
+
+    job_id = await api.submit(inputs=["a"])
+
+    async def finish_soon() -> None:
+        await anyio.sleep(0.3)
+        await finish(api.pool, job_id, [[2.0]], notify=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_soon)
+        started = time.monotonic()
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            response = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": MAX_WAIT_S})
+        elapsed = time.monotonic() - started
+
+    assert response.json()["status"] == "succeeded"
+    assert elapsed < 0.8, elapsed
+
+
+# -- health, docs, errors -----------------------------------------------------------------------
+
+
+async def test_healthz(api: Api) -> None:
+    response = await api.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_with_healthy_dependencies(api: Api) -> None:
+    response = await api.client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_readyz_names_the_failed_queues(stack: Stack, clean_env: pytest.MonkeyPatch) -> None:
+    async def queues_down() -> None:
+        raise AwsUnavailable(f"cannot reach {stack.database_url}")
+
+    async with running(stack, check_queues=queues_down) as api:
+        response = await api.client.get("/readyz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"] == "ok"
+    assert "AwsUnavailable" in body["checks"]["queues"]
+    assert stack.database_url not in response.text
+
+
+async def test_readyz_gives_up_on_a_hanging_check(
+    stack: Stack, clean_env: pytest.MonkeyPatch
+) -> None:
+    async def queues_hang() -> None:
+        await anyio.sleep_forever()
+
+    async with running(stack, check_queues=queues_hang) as api:
+        started = time.monotonic()
+        response = await api.client.get("/readyz")
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["queues"].startswith("no answer")
+    assert elapsed < 3.0
+
+
+async def test_openapi_lists_the_routes(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    assert spec["info"]["title"] == "Conveyor"
+    assert "/v1/jobs" in spec["paths"]
+    assert "/v1/jobs/{job_id}" in spec["paths"]
+    assert (await api.client.get("/docs")).status_code == 200
+
+
+async def test_unknown_route_and_wrong_method_answer_json(api: Api) -> None:
+    missing = await api.client.get("/v2/nothing")
+    assert missing.status_code == 404
+    assert missing.json()["error"]
+
+    wrong = await api.client.delete("/v1/jobs")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]
+    assert "POST" in wrong.headers["allow"]
+
+
+async def test_serves_without_the_database(stack: Stack, clean_env: pytest.MonkeyPatch) -> None:
+    """Liveness holds and readiness names the database while PostgreSQL cannot be reached."""
+    nowhere = f"postgresql://postgres@/conveyor?host=/nonexistent-{uuid.uuid4().hex[:8]}"
+    settings = IngestSettings(database_url=nowhere, conveyor_models=(MODEL,))
+
+    async def queues_ok() -> None:
+        return None
+
+    async def record(envelope: Envelope) -> None:
+        raise AssertionError("nothing may be sent")
+
+    pool = await asyncpg.create_pool(nowhere, min_size=0, max_size=2)
+    try:
+        app = create_app(settings, pool=pool, enqueue=record, check_queues=queues_ok)
+        transport = httpx.ASGITransport(app=app)
+        with anyio.fail_after(10):
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+            ):
+                assert not app.state.job_waiters.listening
+                health = await client.get("/healthz")
+                ready = await client.get("/readyz")
+    finally:
+        await pool.close()
+
+    assert health.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["queues"] == "ok"
+    assert ready.json()["checks"]["database"].startswith("failed")
+    assert "nonexistent" not in ready.text
