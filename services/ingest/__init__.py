@@ -1,1 +1,33 @@
-"""The ingest service."""
+"""The ingest service: its HTTP API (:mod:`services.ingest.api`) and what the API is made of.
+
+api         create_app: the routes, their lifespan and readiness probe
+schemas     the bodies of POST /v1/jobs, the submission held to the settings
+errors      every error answered as JSON
+body_limit  the request body size limit (pure ASGI)
+waiting     the job_finished listener and the status reads it wakes
+jobs        the queries on the jobs and results tables
+service     the process: pool, publishers, uvicorn
+"""
+
+from services.ingest.api import CheckQueues, Enqueue, TenantOf, create_app
+from services.ingest.body_limit import BodySizeLimit, BodyTooLarge
+from services.ingest.errors import ErrorBody, ValidationErrorBody, ValidationProblem
+from services.ingest.schemas import JobAccepted, Submission
+from services.ingest.waiting import CHANNEL, RECHECK_S, JobWaiters
+
+__all__ = [
+    "CHANNEL",
+    "RECHECK_S",
+    "BodySizeLimit",
+    "BodyTooLarge",
+    "CheckQueues",
+    "Enqueue",
+    "ErrorBody",
+    "JobAccepted",
+    "JobWaiters",
+    "Submission",
+    "TenantOf",
+    "ValidationErrorBody",
+    "ValidationProblem",
+    "create_app",
+]

@@ -44,11 +44,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import anyio
 import httpx
+from anyio.abc import AsyncResource
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
@@ -139,7 +139,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-class WebhookSender:
+class WebhookSender(AsyncResource):
     """Signs and sends webhooks over one HTTP client; ``async with`` it, or call ``aclose()``.
 
     The client never follows redirects and ignores proxy variables and ``.netrc``
@@ -181,17 +181,6 @@ class WebhookSender:
     def __repr__(self) -> str:  # never show the secret
         state = "closed" if self._closed else "open"
         return f"<WebhookSender timeout_s={self._timeout_s:g} {state}>"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connections; safe to call more than once."""

@@ -91,15 +91,8 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 return
             raise RetryLater(f"delivery attempt {attempt} failed: {outcome.error}", delay)
 
-        consumer = SqsConsumer(
-            sqs,
-            aws,
-            notify_url,
-            handle,
-            name="notify",
-            concurrency=settings.concurrency,
-            wait_s=settings.sqs_wait_s,
-            grace_s=settings.shutdown_grace_s,
+        consumer = SqsConsumer.for_service(
+            settings, sqs, notify_url, handle, concurrency=settings.concurrency
         )
         log.info("ready", queue=topology.notify_queue.name)
         await consumer.run(stopping)

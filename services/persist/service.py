@@ -51,15 +51,8 @@ async def run(settings: PersistSettings, stopping: anyio.Event) -> None:
                 )
                 await notifications.publish(notification.model_dump_json())
 
-        consumer = SqsConsumer(
-            sqs,
-            aws,
-            results_url,
-            handle,
-            name="persist",
-            concurrency=settings.concurrency,
-            wait_s=settings.sqs_wait_s,
-            grace_s=settings.shutdown_grace_s,
+        consumer = SqsConsumer.for_service(
+            settings, sqs, results_url, handle, concurrency=settings.concurrency
         )
         async with anyio.create_task_group() as tg:
             writer.start(tg)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import aioboto3
+from anyio.abc import AsyncResource
 from botocore.config import Config
 
 from shared.config import AwsSettings
@@ -32,7 +32,7 @@ def client_config(max_pool_connections: int = 32) -> Config:
     )
 
 
-class AwsClients:
+class AwsClients(AsyncResource):
     """SQS, S3, IAM and STS clients sharing one session; ``aclose`` is safe to call twice.
 
     Clients are opened on first use, so a service only connects to what it needs.
@@ -71,14 +71,3 @@ class AwsClients:
     async def aclose(self) -> None:
         self._clients.clear()
         await self._stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

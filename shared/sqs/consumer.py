@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from shared.aws.errors import aws_errors
 from shared.batching import Batcher
-from shared.config import AwsSettings
+from shared.config import AwsSettings, CommonSettings
 from shared.errors import AccessDenied, AwsError, ResourceNotFound
 from shared.messages import PoisonMessage
 from shared.sqs.retry import RetryLater, RetryPolicy
@@ -98,6 +98,28 @@ class SqsConsumer:
         self._log = get_logger(name).bind(queue=queue_url.rsplit("/", 1)[-1])
         self._deleter: Batcher[ReceivedMessage, None] = Batcher(
             self._delete_batch, max_items=MAX_RECEIVE, max_wait_s=0.05, concurrency=4
+        )
+
+    @classmethod
+    def for_service(
+        cls,
+        settings: CommonSettings,
+        sqs: SQSClient,
+        queue_url: str,
+        handler: Handler,
+        *,
+        concurrency: int,
+    ) -> SqsConsumer:
+        """A consumer with the service's own name, credentials, poll and grace settings."""
+        return cls(
+            sqs,
+            settings.aws(),
+            queue_url,
+            handler,
+            name=settings.service,
+            concurrency=concurrency,
+            wait_s=settings.sqs_wait_s,
+            grace_s=settings.shutdown_grace_s,
         )
 
     # -- the run loop --------------------------------------------------------------------

@@ -646,3 +646,19 @@ def test_base_requirements_are_enough_for_the_images_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout) > 10
+
+
+def test_provision_migrates_and_the_model_is_seeded_before_infer(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provision = environment(services["provision"])
+    assert provision["DATABASE_URL"] == environment(services["persist"])["DATABASE_URL"]
+    assert services["provision"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    seed = services["seed-model"]
+    assert seed["build"]["target"] == "infer", "only the infer image carries the model"
+    assert seed["command"] == ["conveyor", "models", "push-default"]
+    use_environment(monkeypatch, environment(seed))
+    assert load_settings(AdminSettings).aws().access_key_id == "moto-admin"
+    assert services["infer"]["depends_on"]["seed-model"] == {
+        "condition": "service_completed_successfully"
+    }

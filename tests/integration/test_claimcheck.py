@@ -1,0 +1,73 @@
+"""Large payloads travel through the payloads bucket and come back verified."""
+
+import uuid
+
+import pytest
+
+from emulator import Stack
+from shared.aws import AwsClients
+from shared.claimcheck import ClaimCheck
+from shared.messages import JobRequest, MessageType, PoisonMessage
+
+pytestmark = pytest.mark.anyio
+
+
+def request(chars: int) -> JobRequest:
+    import datetime
+
+    return JobRequest(
+        model="m",
+        inputs=["x" * chars],
+        submitted_at=datetime.datetime.now(datetime.UTC),
+    )
+
+
+async def test_small_payload_stays_inline_large_one_goes_to_s3(stack: Stack) -> None:
+    bucket = stack.topology.payloads_bucket.name
+    async with AwsClients(stack.admin) as clients:
+        claims = ClaimCheck(clients, bucket, threshold_bytes=2048)
+        small = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=request(10)
+        )
+        assert small.payload is not None
+        assert small.payload_ref is None
+        big_request = request(50_000)
+        big = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=big_request
+        )
+        assert big.payload is None
+        assert big.payload_ref is not None
+        assert big.payload_ref.bucket == bucket
+        assert len(big.model_dump_json()) < 2048  # the message itself stays small
+        envelope, opened = await claims.read(
+            big.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest
+        )
+        assert opened == big_request
+        assert envelope.job_id == big.job_id
+
+
+async def test_altered_payload_is_poison(stack: Stack) -> None:
+    bucket = stack.topology.payloads_bucket.name
+    async with AwsClients(stack.admin) as clients:
+        claims = ClaimCheck(clients, bucket, threshold_bytes=1024)
+        sealed = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=request(5000)
+        )
+        assert sealed.payload_ref is not None
+        s3 = await clients.s3()
+        await s3.put_object(Bucket=bucket, Key=sealed.payload_ref.key, Body=b'{"inputs": []}')
+        with pytest.raises(PoisonMessage, match="altered"):
+            await claims.read(sealed.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)
+
+
+async def test_wrong_type_and_bad_payload_are_poison(stack: Stack) -> None:
+    async with AwsClients(stack.admin) as clients:
+        claims = ClaimCheck(clients, stack.topology.payloads_bucket.name, threshold_bytes=4096)
+        sealed = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=request(5)
+        )
+        with pytest.raises(PoisonMessage, match=r"expected a job\.result"):
+            await claims.read(sealed.model_dump_json(), MessageType.JOB_RESULT, JobRequest)
+        broken = sealed.model_copy(update={"payload": {"model": "m"}})
+        with pytest.raises(PoisonMessage, match="inputs"):
+            await claims.read(broken.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)

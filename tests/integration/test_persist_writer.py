@@ -1,0 +1,122 @@
+"""persist records a job's result once, however often the result message arrives."""
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+import pytest
+
+from emulator import Stack
+from services.persist.writer import Recorded, ResultWriter, WriteRequest
+from shared.messages import JobResult, JobStatus, PoisonMessage
+
+pytestmark = pytest.mark.anyio
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def result(status: JobStatus = JobStatus.SUCCEEDED, value: float = 1.0) -> JobResult:
+    return JobResult(
+        status=status,
+        model="m",
+        model_version="1",
+        outputs=[[value, 0.0]] if status == JobStatus.SUCCEEDED else None,
+        error=None if status == JobStatus.SUCCEEDED else "boom",
+        started_at=NOW,
+        finished_at=NOW,
+    )
+
+
+@pytest.fixture
+async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(stack.database_url, min_size=1, max_size=4) as created:
+        yield created
+
+
+async def new_job(pool: asyncpg.Pool, tenant: str = "t1") -> uuid.UUID:
+    job_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO jobs (id, tenant_id, model, inputs_count) VALUES ($1, $2, 'm', 1)",
+        job_id,
+        tenant,
+    )
+    return job_id
+
+
+async def record_all(writer: ResultWriter, requests: list[WriteRequest]) -> list[object]:
+    outcomes: list[object] = [None] * len(requests)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = await writer.record(requests[i])
+        except PoisonMessage as exc:
+            outcomes[i] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            writer.start(tg)
+            async with anyio.create_task_group() as callers:
+                for i in range(len(requests)):
+                    callers.start_soon(one, i)
+            tg.cancel_scope.cancel()
+    return outcomes
+
+
+async def test_duplicate_results_are_recorded_once(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    first = WriteRequest(job_id, "t1", result(value=1.0))
+    second = WriteRequest(job_id, "t1", result(value=2.0))  # a late, different duplicate
+    # Together in one batch, then again alone: one row either way.
+    outcomes = await record_all(ResultWriter(pool), [first, second])
+    assert sorted(map(str, outcomes)) == ["duplicate", "new"]
+    assert await record_all(ResultWriter(pool), [first]) == [Recorded.DUPLICATE]
+    rows = await pool.fetch("SELECT outputs FROM results WHERE job_id = $1", job_id)
+    assert len(rows) == 1
+    job = await pool.fetchrow("SELECT status, version, finished_at FROM jobs WHERE id = $1", job_id)
+    assert job["status"] == "succeeded"
+    assert job["version"] == 1
+    assert job["finished_at"] is not None
+
+
+async def test_final_state_is_final(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", result(JobStatus.FAILED))])
+    await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", result())])
+    job = await pool.fetchrow("SELECT status, error FROM jobs WHERE id = $1", job_id)
+    assert (job["status"], job["error"]) == ("failed", "boom")
+    assert await pool.fetchval("SELECT count(*) FROM results WHERE job_id = $1", job_id) == 0
+
+
+async def test_unknown_job_or_other_tenant_is_poison_and_spares_the_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    good = await new_job(pool)
+    foreign = await new_job(pool, tenant="t2")
+    outcomes = await record_all(
+        ResultWriter(pool),
+        [
+            WriteRequest(uuid.uuid4(), "t1", result()),
+            WriteRequest(foreign, "t1", result()),
+            WriteRequest(good, "t1", result()),
+        ],
+    )
+    assert isinstance(outcomes[0], PoisonMessage)
+    assert isinstance(outcomes[1], PoisonMessage)
+    assert outcomes[2] == Recorded.NEW
+    assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", foreign) == "queued"
+
+
+async def test_finishing_a_job_notifies_listeners(stack: Stack, pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    heard: list[str] = []
+    listener = await asyncpg.connect(stack.database_url)
+    try:
+        await listener.add_listener("job_finished", lambda *args: heard.append(args[3]))
+        await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", result())])
+        with anyio.fail_after(5):
+            while str(job_id) not in heard:
+                await anyio.sleep(0.05)
+    finally:
+        await listener.close()
