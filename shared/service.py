@@ -18,7 +18,7 @@ from shared.config import CommonSettings, load_settings
 from shared.errors import ConfigError, ConveyorError, leaves
 from shared.telemetry import configure_logging, get_logger
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main", "wait_ready"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main"]
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -48,11 +48,17 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         async with anyio.create_task_group() as tg:
 
             async def watch_signals() -> None:
+                # Held for the whole run: a second signal (Ctrl-C reaches every process of
+                # the terminal's group, then a supervisor sends SIGTERM) must not fall back to
+                # the default action and kill the process in the middle of its drain.
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        stopping.set()
-                        return
+                        name = signal.Signals(signum).name
+                        if stopping.is_set():
+                            log.info("already stopping", signal=name)
+                        else:
+                            log.info("stopping", signal=name)
+                            stopping.set()
 
             tg.start_soon(watch_signals)
             await body(settings, stopping)
@@ -69,21 +75,3 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         return EXIT_FAILED
     log.info("stopped")
     return 0
-
-
-async def wait_ready(settings: CommonSettings, queues: list[str], stopping: anyio.Event) -> None:
-    """A service that is only a shell so far: resolve its queues, report ready, then idle.
-
-    Resolving the queues with the service's own credentials proves at start-up that the
-    topology exists and that IAM lets this service see what it needs.
-    """
-    from shared.aws import AwsClients, resolve_queue_url
-
-    log = get_logger(settings.service)
-    aws = settings.aws()
-    async with AwsClients(aws) as clients:
-        sqs = await clients.sqs()
-        for name in queues:
-            await resolve_queue_url(sqs, aws, name)
-    log.info("ready", queues=queues, endpoint=aws.where)
-    await stopping.wait()

@@ -68,6 +68,27 @@ async def test_service_starts_with_its_own_keys_and_stops_on_sigterm(
         assert "stopped" in output.text
 
 
+async def test_a_second_signal_does_not_cut_the_drain_short(stack: Stack) -> None:
+    """Ctrl-C reaches every process of the terminal, then the supervisor sends SIGTERM."""
+    import signal
+
+    async with await anyio.open_process(
+        [PYTHON, "-m", "services.persist"],
+        env=subprocess_env(stack.service_env("persist")),
+        cwd=REPO,
+    ) as process:
+        output = Output()
+        assert await read_until(process.stderr, output, lambda line: "ready" in line, 30)
+        await anyio.sleep(1)  # now in a long poll (SQS_WAIT_S=5): the drain waits for it
+        process.send_signal(signal.SIGINT)
+        await anyio.sleep(0.2)
+        assert await stop(process) == 0
+        await read_until(process.stderr, output, lambda _: False, 5)
+    assert "already stopping" in output.text
+    assert "consumer stopped" in output.text
+    assert "stopped" in output.lines[-1]
+
+
 async def test_missing_queue_at_start_says_how_to_fix(stack: Stack) -> None:
     env = stack.service_env("notify") | stack.credential_env("admin")
     env["NOTIFY_AWS_ACCESS_KEY_ID"] = env.pop("ADMIN_AWS_ACCESS_KEY_ID")

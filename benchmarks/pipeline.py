@@ -1,0 +1,134 @@
+"""End-to-end figures for the whole pipeline, offline, with the real all-MiniLM-L6-v2.
+
+    python benchmarks/pipeline.py [--jobs 100] [--concurrency 16] [--texts-per-job 1]
+
+Starts the stack as `make dev` does (emulator, PostgreSQL, the four services as processes),
+submits the jobs over HTTP, waits for every one to finish, and prints: jobs/s end to end, the
+time to submit, the latency from acceptance to the start of inference and to the final state
+(median, p95), and the mean batch infer formed (from its Prometheus counters). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import socket
+import statistics
+import time
+
+import anyio
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from emulator import Emulator, EmulatorOptions
+from emulator.dev import service_specs
+from emulator.processes import Supervisor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def texts(n: int) -> list[str]:
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "queues",
+        "batch",
+        "many",
+        "jobs",
+    ]
+    return [" ".join(words[(i + k) % len(words)] for k in range(5 + i % 20)) for i in range(n)]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    port, metrics_port = free_port(), free_port()
+    extra = {"infer": {"INFER_METRICS_PORT": str(metrics_port)}}
+    async with Emulator(EmulatorOptions()) as stack, Supervisor() as supervisor:
+        async with anyio.create_task_group() as tg:
+            for spec in service_specs(stack, http_port=port, extra=extra):
+                tg.start_soon(supervisor.start, spec)
+        inputs = texts(args.jobs * args.texts_per_job)
+        limiter = anyio.CapacityLimiter(args.concurrency)
+        ids: list[str] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as api:
+
+            async def submit(i: int) -> None:
+                chunk = inputs[i * args.texts_per_job : (i + 1) * args.texts_per_job]
+                async with limiter:
+                    response = await api.post(
+                        "/v1/jobs", json={"model": stack.topology.models[0], "inputs": chunk}
+                    )
+                response.raise_for_status()
+                ids.append(response.json()["id"])
+
+            began = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(args.jobs):
+                    tg.start_soon(submit, i)
+            submitted = time.perf_counter() - began
+            jobs: list[dict[str, object]] = []
+
+            async def wait(job_id: str) -> None:
+                async with limiter:
+                    while True:
+                        job = (await api.get(f"/v1/jobs/{job_id}", params={"wait": 10})).json()
+                        if job["status"] in ("succeeded", "failed"):
+                            jobs.append(job)
+                            return
+
+            async with anyio.create_task_group() as tg:
+                for job_id in ids:
+                    tg.start_soon(wait, job_id)
+            elapsed = time.perf_counter() - began
+            metrics = (await api.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    calls = samples["conveyor_infer_batch_items_count"]
+    items = samples["conveyor_infer_batch_items_sum"]
+
+    def seconds(job: dict[str, object], start: str, end: str) -> float:
+        parse = datetime.datetime.fromisoformat
+        return (parse(str(job[end])) - parse(str(job[start]))).total_seconds()
+
+    to_start = [seconds(j, "created_at", "started_at") for j in jobs]
+    to_end = [seconds(j, "created_at", "finished_at") for j in jobs]
+    failed = sum(1 for j in jobs if j["status"] != "succeeded")
+    print(
+        f"{args.jobs} jobs x {args.texts_per_job} texts, {args.concurrency} clients: "
+        f"{args.jobs / elapsed:.1f} jobs/s end to end ({elapsed:.1f}s; submitting took "
+        f"{submitted:.1f}s); failed: {failed}"
+    )
+    print(
+        f"accepted -> inference starts: median {statistics.median(to_start):.2f}s, "
+        f"p95 {quantile(to_start, 0.95):.2f}s; accepted -> final: median "
+        f"{statistics.median(to_end):.2f}s, p95 {quantile(to_end, 0.95):.2f}s"
+    )
+    print(f"infer: {calls:.0f} model calls, mean batch {items / calls:.1f} inputs")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--texts-per-job", type=int, default=1)
+    anyio.run(main, parser.parse_args())
