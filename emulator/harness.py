@@ -108,9 +108,20 @@ class Stack:
             return {"NOTIFY_WEBHOOK_SECRET": self.webhook_secret}
         return {}
 
+    def dev_env(self, service: str) -> dict[str, str]:
+        """What only a development stack sets: callbacks to loopback are allowed."""
+        if service in ("ingest", "notify"):
+            return {f"{service.upper()}_ALLOW_PRIVATE_CALLBACKS": "true"}
+        return {}
+
     def service_env(self, service: str) -> dict[str, str]:
         """The whole environment ``python -m services.<service>`` needs (and only its keys)."""
-        return {**self.common_env(), **self.credential_env(service), **self.secret_env(service)}
+        return {
+            **self.common_env(),
+            **self.credential_env(service),
+            **self.secret_env(service),
+            **self.dev_env(service),
+        }
 
     def exports(self) -> list[str]:
         """Everything, for a shell: common values, then each identity's key pair."""
@@ -118,6 +129,7 @@ class Stack:
         for identity in (*SERVICES, "admin"):
             env.update(self.credential_env(identity))
             env.update(self.secret_env(identity))
+            env.update(self.dev_env(identity))
         return [f"export {name}={value}" for name, value in env.items()]
 
 

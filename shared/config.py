@@ -253,6 +253,20 @@ class IngestSettings(CommonSettings):
     max_wait_s: float = Field(
         default=30.0, ge=0, le=120, description="the longest ?wait= a status read may hold"
     )
+    allow_private_callbacks: bool = Field(
+        default=False,
+        description="accept loopback and private callback URLs (development and tests only)",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated origins allowed by CORS (default: none)"
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 class InferSettings(CommonSettings):
@@ -335,6 +349,10 @@ class NotifySettings(CommonSettings):
         default=10.0, gt=0, le=60, description="seconds one webhook request may take"
     )
     concurrency: int = Field(default=32, ge=1, le=1000, description="deliveries in flight")
+    allow_private_callbacks: bool = Field(
+        default=False,
+        description="deliver to loopback and private addresses too (development and tests only)",
+    )
 
     @field_validator("retry_schedule_s", mode="before")
     @classmethod
