@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import secrets
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -68,6 +69,10 @@ class Stack:
     provisioned: Provisioned
     webhook_secret: str = field(repr=False, default="")
     """The notify service's signing secret (``whsec_...``), made for this stack."""
+    restart_database: Callable[[float], Awaitable[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Stop PostgreSQL, stay down the given seconds, start it again (embedded only)."""
 
     @property
     def admin(self) -> AwsSettings:
@@ -203,7 +208,10 @@ class Emulator:
             await self.aclose()
             raise
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        self.stack = Stack(endpoint, database_url, self.options.topology, provisioned, secret)
+        restart = pg_backend.restart if isinstance(pg_backend, EmbeddedPostgres) else None
+        self.stack = Stack(
+            endpoint, database_url, self.options.topology, provisioned, secret, restart
+        )
         return self.stack
 
     async def aclose(self) -> None:

@@ -50,6 +50,29 @@ class EmbeddedPostgres:
 
             return pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
 
+    async def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast: connections are cut), stay down ``down_s``, start it again.
+
+        For fault tests: what a failover or a crash looks like to the services.
+        """
+        from pgserver._commands import create_command_function
+
+        pg_ctl = create_command_function("pg_ctl")  # as pgserver itself runs pg_ctl
+
+        server = self._server
+        if server is None:
+            raise RuntimeError("the embedded PostgreSQL is not running")
+
+        def ctl(*args: str) -> None:
+            pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+        socket_dir = server.get_postmaster_info().socket_dir
+        await anyio.to_thread.run_sync(ctl, "-w", "-m", "fast", "stop")
+        await anyio.sleep(down_s)
+        # The options of the first start: no TCP, the same Unix socket directory.
+        options = f'-h "" -k {socket_dir}'
+        await anyio.to_thread.run_sync(ctl, "-w", "-l", str(server.log), "-o", options, "start")
+
     async def aclose(self) -> None:
         server, self._server = self._server, None
         directory, self._dir = self._dir, None

@@ -92,10 +92,15 @@ class ClaimCheck:
         envelope = decode_envelope(body)
         if envelope.type != expected:
             raise PoisonMessage(f"expected a {expected.value} message, got {envelope.type.value}")
+        return envelope, await self.payload(envelope, model)
+
+    async def payload(self, envelope: Envelope, model: type[M]) -> M:
+        """The envelope's payload as ``model`` (fetched when claim-checked); else poison."""
         data = await self.open(envelope)
         try:
-            return envelope, model.model_validate(data)
+            return model.model_validate(data)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise PoisonMessage(f"bad {expected.value} payload: {where}: {first['msg']}") from exc
+            kind = envelope.type.value
+            raise PoisonMessage(f"bad {kind} payload: {where}: {first['msg']}") from exc

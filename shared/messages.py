@@ -26,6 +26,7 @@ __all__ = [
     "Envelope",
     "JobRequest",
     "JobResult",
+    "JobStarted",
     "JobStatus",
     "MessageType",
     "Notification",
@@ -43,6 +44,7 @@ class PoisonMessage(ConveyorError):
 
 class MessageType(StrEnum):
     JOB_REQUESTED = "job.requested"
+    JOB_STARTED = "job.started"
     JOB_RESULT = "job.result"
     JOB_NOTIFICATION = "job.notification"
 
@@ -105,6 +107,14 @@ class JobRequest(_Frozen):
     inputs: list[TextInput] = Field(min_length=1)
     callback_url: str | None = None
     submitted_at: datetime.datetime
+
+
+class JobStarted(_Frozen):
+    """infer -> persist: a worker took the job (queued -> running)."""
+
+    model: str
+    model_version: str | None = None
+    started_at: datetime.datetime
 
 
 class JobResult(_Frozen):

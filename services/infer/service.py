@@ -22,7 +22,14 @@ from services.infer.runner import ModelFailure, ModelRunner
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import InferSettings
-from shared.messages import JobRequest, JobResult, JobStatus, MessageType, PoisonMessage
+from shared.messages import (
+    JobRequest,
+    JobResult,
+    JobStarted,
+    JobStatus,
+    MessageType,
+    PoisonMessage,
+)
 from shared.sqs import Publisher, ReceivedMessage, SqsConsumer
 from shared.telemetry import get_logger
 
@@ -76,6 +83,14 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 if request.model != model:
                     raise PoisonMessage(f"a job for model {request.model!r} in {model!r}'s queue")
                 started = _now()
+                running = await claims.seal(
+                    MessageType.JOB_STARTED,
+                    job_id=envelope.job_id,
+                    tenant=envelope.tenant,
+                    traceparent=envelope.traceparent,
+                    payload=JobStarted(model=model, model_version=version, started_at=started),
+                )
+                await results.publish(running.model_dump_json())
                 outputs: list[list[float]] | None = None
                 error: str | None = None
                 try:

@@ -10,6 +10,7 @@ end of the schedule ends the delivery as failed. Every retry carries the same ``
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import anyio
 
@@ -24,7 +25,7 @@ from services.notify.store import (
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import NotifySettings
-from shared.db import open_pool
+from shared.db import Connection, open_pool, transaction, with_connection
 from shared.messages import MessageType, Notification, PoisonMessage
 from shared.sqs import ReceivedMessage, RetryLater, SqsConsumer
 from shared.telemetry import get_logger
@@ -52,16 +53,19 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 message.body, MessageType.JOB_NOTIFICATION, Notification
             )
             job_id, event = envelope.job_id, note.event
-            async with pool.acquire() as conn:
+
+            async def read_state(conn: Connection) -> tuple[bool, dict[str, Any] | None, int]:
                 if await already_delivered(conn, job_id, event):
-                    log.info(
-                        "duplicate notification dropped", job_id=str(job_id), webhook_event=event
-                    )
-                    return
+                    return True, None, 0
                 data = await load_notification_data(conn, job_id)
-                if data is None:
-                    raise PoisonMessage(f"notification for unknown job {job_id}")
-                attempt = await attempts_so_far(conn, job_id, event) + 1
+                return False, data, await attempts_so_far(conn, job_id, event) + 1
+
+            delivered, data, attempt = await with_connection(pool, read_state)
+            if delivered:
+                log.info("duplicate notification dropped", job_id=str(job_id), webhook_event=event)
+                return
+            if data is None:
+                raise PoisonMessage(f"notification for unknown job {job_id}")
             finished = data.get("finished_at")
             outcome = await sender.deliver(
                 note.callback_url,
@@ -71,8 +75,9 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 # The event's own time: the body stays byte-identical across retries.
                 occurred_at=datetime.datetime.fromisoformat(finished) if finished else None,
             )
-            async with pool.acquire() as conn:
-                await record_attempt(
+            await transaction(
+                pool,
+                lambda conn: record_attempt(
                     conn,
                     job_id=job_id,
                     webhook_id=webhook_id_for(job_id, event),
@@ -80,7 +85,8 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                     attempt=attempt,
                     url=note.callback_url,
                     outcome=outcome,
-                )
+                ),
+            )
             bound = log.bind(job_id=str(job_id), webhook_event=event, attempt=attempt)
             if outcome.succeeded:
                 bound.info("delivered", status=outcome.status_code, ms=outcome.duration_ms)

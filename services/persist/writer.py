@@ -17,16 +17,18 @@ import asyncpg
 from anyio.abc import TaskGroup
 
 from shared.batching import Batcher
-from shared.db import Connection
-from shared.messages import JobResult, JobStatus, PoisonMessage
+from shared.db import Connection, transaction
+from shared.messages import JobResult, JobStarted, JobStatus, PoisonMessage
 
-__all__ = ["Recorded", "ResultWriter", "WriteRequest"]
+__all__ = ["Recorded", "ResultWriter", "WriteRequest", "mark_running"]
 
 
 class Recorded(StrEnum):
     NEW = "new"
     DUPLICATE = "duplicate"
-    """The job already had its final state: nothing was written (a redelivery)."""
+    """The job already had this final state: nothing was written (a redelivery)."""
+    DISCARDED = "discarded"
+    """The job ended otherwise (cancelled): this result is dropped and not notified."""
 
 
 @dataclass(frozen=True)
@@ -55,25 +57,34 @@ class ResultWriter:
         return await self._batcher.submit(request)
 
     async def _write(self, batch: list[WriteRequest]) -> list[Recorded | BaseException]:
+        # One transaction for the batch, retried whole across a database restart.
+        return await transaction(self._pool, lambda conn: self._write_in(conn, batch))
+
+    async def _write_in(
+        self, conn: Connection, batch: list[WriteRequest]
+    ) -> list[Recorded | BaseException]:
         outcomes: list[Recorded | BaseException] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, tenant_id, status FROM jobs WHERE id = ANY($1::uuid[]) FOR UPDATE",
-                [r.job_id for r in batch],
-            )
-            jobs = {row["id"]: row for row in rows}
-            fresh: list[WriteRequest] = []
-            for request in batch:
-                job = jobs.get(request.job_id)
-                if job is None or job["tenant_id"] != request.tenant:
-                    outcomes.append(PoisonMessage(f"result for unknown job {request.job_id}"))
-                elif job["status"] in _FINAL or request.job_id in {r.job_id for r in fresh}:
-                    outcomes.append(Recorded.DUPLICATE)
-                else:
-                    fresh.append(request)
-                    outcomes.append(Recorded.NEW)
-            if fresh:
-                await self._finalise(conn, fresh)
+        rows = await conn.fetch(
+            "SELECT id, tenant_id, status FROM jobs WHERE id = ANY($1::uuid[]) FOR UPDATE",
+            [r.job_id for r in batch],
+        )
+        jobs = {row["id"]: row for row in rows}
+        fresh: list[WriteRequest] = []
+        for request in batch:
+            job = jobs.get(request.job_id)
+            if job is None or job["tenant_id"] != request.tenant:
+                outcomes.append(PoisonMessage(f"result for unknown job {request.job_id}"))
+            elif job["status"] == request.result.status.value or request.job_id in {
+                r.job_id for r in fresh
+            }:
+                outcomes.append(Recorded.DUPLICATE)
+            elif job["status"] in _FINAL:
+                outcomes.append(Recorded.DISCARDED)
+            else:
+                fresh.append(request)
+                outcomes.append(Recorded.NEW)
+        if fresh:
+            await self._finalise(conn, fresh)
         return outcomes
 
     @staticmethod
@@ -119,3 +130,25 @@ class ResultWriter:
         await conn.executemany(
             "SELECT pg_notify('job_finished', $1::text)", [(str(r.job_id),) for r in fresh]
         )
+
+
+async def mark_running(
+    pool: asyncpg.Pool, job_id: uuid.UUID, tenant: str, started: JobStarted
+) -> bool:
+    """queued -> running; a no-op for a job already running or final (messages race)."""
+
+    async def update(conn: Connection) -> str:
+        return str(
+            await conn.execute(
+                """
+                UPDATE jobs SET status = 'running', started_at = $3, model_version = $4
+                 WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
+                """,
+                job_id,
+                tenant,
+                started.started_at,
+                started.model_version,
+            )
+        )
+
+    return (await transaction(pool, update)) == "UPDATE 1"

@@ -120,3 +120,40 @@ async def test_finishing_a_job_notifies_listeners(stack: Stack, pool: asyncpg.Po
                 await anyio.sleep(0.05)
     finally:
         await listener.close()
+
+
+async def test_the_database_refuses_to_leave_a_final_state(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    await pool.execute("UPDATE jobs SET status = 'running' WHERE id = $1", job_id)
+    with pytest.raises(asyncpg.CheckViolationError, match="cannot go back to queued"):
+        await pool.execute("UPDATE jobs SET status = 'queued' WHERE id = $1", job_id)
+    await pool.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", job_id)
+    for status in ("queued", "running", "succeeded", "failed"):
+        with pytest.raises(asyncpg.CheckViolationError, match="is cancelled and cannot become"):
+            await pool.execute("UPDATE jobs SET status = $2 WHERE id = $1", job_id, status)
+    assert await pool.fetchval("SELECT version FROM jobs WHERE id = $1", job_id) == 2
+
+
+async def test_a_result_for_a_cancelled_job_is_discarded(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    await pool.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", job_id)
+    outcomes = await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", result())])
+    assert outcomes == [Recorded.DISCARDED]
+    assert await pool.fetchval("SELECT count(*) FROM results WHERE job_id = $1", job_id) == 0
+
+
+async def test_started_moves_queued_to_running_only(pool: asyncpg.Pool) -> None:
+    from services.persist.writer import mark_running
+    from shared.messages import JobStarted
+
+    started = JobStarted(model="m", model_version="1", started_at=NOW)
+    job_id = await new_job(pool)
+    assert await mark_running(pool, job_id, "t1", started)
+    assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", job_id) == "running"
+    assert not await mark_running(pool, job_id, "t1", started)  # a redelivery: no change
+    await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", result())])
+    late = await new_job(pool)
+    await record_all(ResultWriter(pool), [WriteRequest(late, "t1", result())])
+    assert not await mark_running(pool, late, "t1", started)  # started after the result
+    assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", late) == "succeeded"
+    assert not await mark_running(pool, await new_job(pool, tenant="t2"), "t1", started)
