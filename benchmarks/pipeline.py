@@ -17,12 +17,14 @@ import statistics
 import time
 
 import anyio
+import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from emulator import Emulator, EmulatorOptions
 from emulator.dev import service_specs
 from emulator.processes import Supervisor
+from shared.apikeys import create_key
 
 
 def free_port() -> int:
@@ -63,10 +65,18 @@ async def main(args: argparse.Namespace) -> None:
         async with anyio.create_task_group() as tg:
             for spec in service_specs(stack, http_port=port, extra=extra):
                 tg.start_soon(supervisor.start, spec)
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            api_key, _ = await create_key(conn, "benchmark", "benchmarks/pipeline.py")
+        finally:
+            await conn.close()
         inputs = texts(args.jobs * args.texts_per_job)
         limiter = anyio.CapacityLimiter(args.concurrency)
         ids: list[str] = []
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as api:
+        auth = {"Authorization": f"Bearer {api_key}"}
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, headers=auth
+        ) as api:
 
             async def submit(i: int) -> None:
                 chunk = inputs[i * args.texts_per_job : (i + 1) * args.texts_per_job]

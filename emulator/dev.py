@@ -14,10 +14,12 @@ import sys
 import time
 
 import anyio
+import asyncpg
 from rich.console import Console
 
 from emulator.harness import Emulator, EmulatorOptions, Stack
 from emulator.processes import ServiceSpec, Supervisor
+from shared.apikeys import create_key
 
 __all__ = ["run_dev", "service_specs"]
 
@@ -52,16 +54,25 @@ async def run_dev(options: EmulatorOptions, *, http_port: int = 8000) -> None:
             async with anyio.create_task_group() as tg:
                 for spec in service_specs(stack, http_port=http_port):
                     tg.start_soon(supervisor.start, spec)
+            # A key for this throw-away stack's database, so printing it is fine here.
+            conn = await asyncpg.connect(stack.database_url)
+            try:
+                api_key, _ = await create_key(conn, "dev", "make dev")
+            finally:
+                await conn.close()
             api = f"http://127.0.0.1:{http_port}"
             body = json.dumps({"model": stack.topology.models[0], "inputs": ["hello"]})
             console.print(
                 f"\n[bold]Conveyor is up[/] in {time.perf_counter() - started:.0f}s\n"
                 f"  API:      {api}  (docs: {api}/docs)\n"
+                f"  API key:  export CONVEYOR_API_KEY={api_key}  (tenant dev)\n"
                 f"  submit:   curl -s -X POST {api}/v1/jobs "
+                f"-H 'Authorization: Bearer {api_key}' "
                 f"-H 'content-type: application/json' -d '{body}'\n"
-                "  or:       conveyor submit 'some text' --wait\n"
+                "  or:       conveyor submit 'some text' --wait 10\n"
                 "  status:   conveyor status <job id>\n"
-                "  Ctrl-C stops everything.\n"
+                "  Ctrl-C stops everything.\n",
+                soft_wrap=True,  # the terminal wraps: the key and the commands copy whole
             )
             async for _ in signals:
                 break

@@ -38,6 +38,7 @@ class ServiceSpec:
     """A label, unique among running processes: ``infer`` or ``infer-2``."""
     module: str
     env: dict[str, str]
+    args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Supervisor:
         if running is not None and running.returncode is None:
             raise RuntimeError(f"{spec.name} is already running")
         process = await anyio.open_process(
-            [sys.executable, "-m", spec.module],
+            [sys.executable, "-m", spec.module, *spec.args],
             env={**_base_env(), **spec.env},
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,

@@ -103,6 +103,15 @@ async def _migrate(url: str) -> None:
 
 
 ApiUrl = Annotated[str, typer.Option(envvar="CONVEYOR_API_URL", help="The ingest API's base URL.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="CONVEYOR_API_KEY",
+        help="The API key (cvk_...); `conveyor keys create` makes one.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -116,12 +125,14 @@ def submit(
         float, typer.Option(help="Seconds to wait for the result (0: return at once).")
     ] = 0,
     api: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """Submit a job and print its id (or, with --wait, its result)."""
     if model is None:
         model = load_settings(AdminSettings).conveyor_models[0]
     body = {"model": model, "inputs": texts, "callback_url": callback_url}
-    with httpx.Client(base_url=api, timeout=wait + 30) as http:
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=api, timeout=wait + 30, headers=auth) as http:
         response = http.post("/v1/jobs", json=body)
         _check(response)
         job_id = response.json()["id"]
@@ -136,9 +147,11 @@ def status(
     job_id: str,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 0,
     api: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """Print a job's status and result."""
-    with httpx.Client(base_url=api, timeout=wait + 30) as http:
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=api, timeout=wait + 30, headers=auth) as http:
         _print_job(http, job_id, wait)
 
 
@@ -172,13 +185,17 @@ def _run(fn: object) -> None:
         sys.exit(1)
 
 
-def _register_models() -> None:
+def _register_subcommands() -> None:
     from services.infer.models_cli import models_app
+    from services.ingest.keys_cli import keys_app
+    from shared.dlq_cli import dlq_app
 
     app.add_typer(models_app, name="models", help="Push and list models in the models bucket.")
+    app.add_typer(dlq_app, name="dlq", help="Inspect dead-letter queues and redrive them.")
+    app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
 
 
-_register_models()
+_register_subcommands()
 
 if __name__ == "__main__":
     app()

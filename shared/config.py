@@ -265,8 +265,26 @@ class IngestSettings(CommonSettings):
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        origins = tuple(origin.rstrip("/") for origin in origins)
+        for origin in origins:
+            url = urllib.parse.urlsplit(origin)
+            if (
+                url.scheme not in ("http", "https")
+                or not url.hostname
+                or url.path
+                or url.query
+                or "*" in origin
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: expected scheme://host[:port], no wildcard"
+                )
+        return origins
 
 
 class InferSettings(CommonSettings):

@@ -9,6 +9,8 @@ that the original stays attached.
     ├── ConfigError                 bad or missing environment variable (fails at start-up)
     ├── TopologyError               an invalid topology description
     ├── MigrationError              a schema migration could not be applied or was edited
+    ├── CallbackRefused             a callback URL names a non-public address (shared.netguard)
+    ├── PoisonMessage               a message that can never be processed (shared.messages)
     └── AwsError                    any failed AWS call (carries service, operation, code)
         ├── ResourceNotFound        a queue or bucket that the topology names does not exist
         │   ├── QueueNotFound

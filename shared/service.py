@@ -69,6 +69,11 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         anyio.run(run)
     except* ConveyorError as group:  # the task group wraps what the body raised
         failures = leaves(group)
+    finally:
+        # The run is over and the process is exiting: a late signal must not turn a clean
+        # exit into a killed one.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     for failure in failures:
         log.error("failed", error=str(failure))
     if failures:

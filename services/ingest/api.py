@@ -7,6 +7,10 @@
     GET  /readyz               PostgreSQL and the queues answer, 2 s each
     GET  /docs, /openapi.json  the OpenAPI description
 
+Every /v1 route needs an API key, ``Authorization: Bearer <key>``, which names the tenant the
+request acts for (:mod:`services.ingest.auth`); health and docs are public. Browsers may call
+the API from the origins of ``INGEST_CORS_ORIGINS`` only (none by default: no CORS headers).
+
 Publishing is injected: ``create_app(..., enqueue=..., check_queues=...)``; this module knows
 nothing of SQS. Every answer is JSON, errors included (:mod:`services.ingest.errors`); an
 over-long body is refused before it is parsed (:mod:`services.ingest.body_limit`). A status
@@ -25,9 +29,13 @@ import anyio
 import asyncpg
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response as StarletteResponse
 
 from services.ingest import jobs
+from services.ingest.auth import ApiKeyAuth, TenantOf, key_tenants
 from services.ingest.body_limit import BodySizeLimit
 from services.ingest.errors import ErrorBody, ValidationErrorBody, add_error_handlers
 from services.ingest.jobs import JobView
@@ -42,10 +50,12 @@ __all__ = ["CheckQueues", "Enqueue", "JobWaiters", "TenantOf", "create_app"]
 
 READY_TIMEOUT_S: Final = 2.0
 RETRY_AFTER_S: Final = 5
+CORS_METHODS: Final = ("GET", "POST", "DELETE", "OPTIONS")
+CORS_HEADERS: Final = ("Authorization", "Content-Type", "Idempotency-Key")
+CORS_EXPOSED: Final = ("Location", "Retry-After")
 
 Enqueue = Callable[[Envelope], Awaitable[None]]
 CheckQueues = Callable[[], Awaitable[None]]
-TenantOf = Callable[[Request], str]
 
 log = get_logger("ingest")
 
@@ -56,15 +66,14 @@ def create_app(
     pool: asyncpg.Pool,
     enqueue: Enqueue,
     check_queues: CheckQueues,
-    tenant_of: TenantOf = lambda _request: "default",
+    tenant_of: TenantOf | None = None,
 ) -> FastAPI:
     """The API. ``pool`` and the publishing side belong to the caller, which closes them
-    after the app's lifespan has ended."""
+    after the app's lifespan has ended. ``tenant_of`` turns a presented API key into its
+    tenant; by default the key is looked up in the ``api_keys`` table through ``pool``."""
     waiters = JobWaiters(pool)
     read_submission = submission_body(settings)
-
-    async def current_tenant(request: Request) -> str:
-        return tenant_of(request)
+    current_tenant = ApiKeyAuth(tenant_of or key_tenants(pool))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +91,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # added last, so outermost: refusals (401, 413) carry it too
+        app.add_middleware(
+            _JsonCors,
+            allow_origins=[origin.rstrip("/") for origin in settings.cors_origins],
+            # Keys travel in the Authorization header, which a browser sends when the
+            # preflight allows the header; credentials (cookies) are neither used nor allowed.
+            allow_credentials=False,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
+        )
     app.state.job_waiters = waiters
     add_error_handlers(app)
 
@@ -95,7 +115,8 @@ def create_app(
             return await jobs.get_job(conn, job_id, tenant)
 
     errors: dict[int | str, dict[str, Any]] = {
-        422: {"model": ValidationErrorBody, "description": "the request is invalid"}
+        401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
+        422: {"model": ValidationErrorBody, "description": "the request is invalid"},
     }
 
     @app.post(
@@ -226,6 +247,19 @@ def create_app(
         return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
 
     return app
+
+
+class _JsonCors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> StarletteResponse:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        kept = ("access-control-", "vary")
+        headers = {k: v for k, v in response.headers.items() if k.lower().startswith(kept)}
+        reason = bytes(response.body).decode()
+        return JSONResponse({"error": reason}, status_code=response.status_code, headers=headers)
 
 
 def _version() -> str:

@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from shared.config import IngestSettings
 from shared.messages import JobStatus
+from shared.netguard import check_url
 
 __all__ = ["MAX_CALLBACK_URL_CHARS", "JobAccepted", "Submission", "submission_body"]
 
@@ -77,6 +78,19 @@ def submission_body(settings: IngestSettings) -> Callable[..., Awaitable[Submiss
             ]
             | None
         ) = Field(default=None, description="an absolute http(s) URL told when the job ends")
+
+        @field_validator("callback_url")
+        @classmethod
+        def _deliverable(cls, url: AnyUrl | None) -> AnyUrl | None:
+            # The static half of the SSRF guard, so an obviously bad callback is a 422 now
+            # rather than a failed delivery later; notify resolves and checks again.
+            if url is not None:
+                reason = check_url(str(url), allow_private=settings.allow_private_callbacks)
+                if reason is not None:
+                    raise PydanticCustomError(
+                        "callback_refused", "callback_url is refused: {reason}", {"reason": reason}
+                    )
+            return url
 
         @field_validator("model")
         @classmethod

@@ -19,6 +19,8 @@ retries with :class:`~services.notify.schedule.RetrySchedule`. How answers are c
     timeout, refused, DNS,  failed, retry
     TLS, protocol errors
     a malformed URL         failed, give_up: no retry can make it valid
+    refused by the address  failed, give_up: the transport raised from CallbackRefused (see
+    policy (SSRF)           services.notify.ssrf); the error is "refused: <which range>"
 
 ``Retry-After`` is parsed from any failed answer (it matters for 429 and 503).
 
@@ -54,6 +56,7 @@ from standardwebhooks.webhooks import Webhook
 
 from services.notify.schedule import parse_retry_after
 from shared.errors import ConfigError, ConveyorError
+from shared.netguard import CallbackRefused
 
 __all__ = [
     "USER_AGENT",
@@ -244,6 +247,9 @@ class WebhookSender(AsyncResource):
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return fail(f"invalid URL: {exc}", give_up=True)
         except httpx.HTTPError as exc:
+            refusal = next((c for c in _causes(exc) if isinstance(c, CallbackRefused)), None)
+            if refusal is not None:
+                return fail(f"refused: {refusal}", give_up=True)
             return fail(_network_error(exc))
 
         duration_ms = _ms_since(started)

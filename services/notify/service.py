@@ -16,6 +16,7 @@ import anyio
 
 from services.notify.delivery import WebhookSender, webhook_id_for
 from services.notify.schedule import RetrySchedule
+from services.notify.ssrf import GuardedTransport
 from services.notify.store import (
     already_delivered,
     attempts_so_far,
@@ -42,7 +43,16 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
     async with (
         AwsClients(aws) as clients,
         open_pool(settings.database_url) as pool,
-        WebhookSender(settings.webhook_secret, settings.request_timeout_s) as sender,
+        WebhookSender(
+            settings.webhook_secret,
+            settings.request_timeout_s,
+            # Resolves each callback host once, refuses non-public addresses, and connects
+            # only to the address it checked (no DNS rebinding).
+            transport=GuardedTransport(
+                allow_private=settings.allow_private_callbacks,
+                max_connections=settings.concurrency,
+            ),
+        ) as sender,
     ):
         sqs = await clients.sqs()
         notify_url = await resolve_queue_url(sqs, aws, topology.notify_queue.name)

@@ -58,6 +58,8 @@ async def run(settings: PersistSettings, stopping: anyio.Event) -> None:
             result = await claims.payload(envelope, JobResult)
             outcome = await writer.record(WriteRequest(envelope.job_id, envelope.tenant, result))
             log.debug("result", job_id=str(envelope.job_id), outcome=outcome.value)
+            if outcome == Recorded.DUPLICATE:
+                log.info("duplicate result ignored", job_id=str(envelope.job_id))
             if outcome == Recorded.DISCARDED:
                 log.info("result for a cancelled job discarded", job_id=str(envelope.job_id))
                 return

@@ -28,6 +28,9 @@ RETRYABLE: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionFailureError,
     asyncpg.InterfaceError,  # "connection is closed", "pool is closing" while it reconnects
+    # A pooled connection whose server vanished mid-operation can be left "in progress";
+    # the pool discards it on release, and the next attempt gets a fresh one.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,

@@ -1,7 +1,8 @@
 """The ingest HTTP API against a real PostgreSQL; the queue side is a recording fake.
 
 The fake ``enqueue`` stands at the transport seam (the SQS publisher is injected), so every
-assertion about what was "sent" reads the envelopes it recorded.
+assertion about what was "sent" reads the envelopes it recorded. Requests carry a real API key
+of a tenant made for the test (authentication itself: ``test_auth.py``).
 """
 
 import json
@@ -16,10 +17,11 @@ import anyio
 import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from emulator import Stack
 from services.ingest.api import JobWaiters, create_app
+from shared.apikeys import create_key
 from shared.config import IngestSettings
 from shared.errors import AwsUnavailable
 from shared.messages import Envelope, JobRequest, MessageType, decode_envelope
@@ -27,7 +29,6 @@ from shared.messages import Envelope, JobRequest, MessageType, decode_envelope
 pytestmark = pytest.mark.anyio
 
 MODEL = "all-minilm-l6-v2"
-TENANT_HEADER = "x-test-tenant"
 MAX_INPUTS = 4
 MAX_INPUT_CHARS = 50
 MAX_BODY_BYTES = 4096
@@ -40,7 +41,8 @@ class Api:
     client: httpx.AsyncClient
     pool: asyncpg.Pool
     tenant: str
-    """What the app takes as the tenant when a request does not name one."""
+    """The tenant of the key the client sends."""
+    key: str
     sent: list[Envelope] = field(default_factory=list)
 
     @property
@@ -59,6 +61,15 @@ class Api:
         assert response.status_code == 202, response.text
         return uuid.UUID(response.json()["id"])
 
+    async def new_key(self, tenant: str, name: str = "") -> str:
+        async with self.pool.acquire() as conn:
+            key, _record = await create_key(conn, tenant, name)
+        return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
 
 @asynccontextmanager
 async def running(
@@ -68,7 +79,8 @@ async def running(
     check_queues: Callable[[], Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Api]:
-    """The app with its lifespan entered, on a pool of its own, for a tenant of its own."""
+    """The app with its lifespan entered, on a pool of its own; the client sends the key of a
+    tenant of its own."""
     settings = IngestSettings(
         database_url=stack.database_url,
         conveyor_models=(MODEL,),
@@ -87,24 +99,21 @@ async def running(
     async def queues_ok() -> None:
         return None
 
-    def tenant_of(request: Request) -> str:
-        return request.headers.get(TENANT_HEADER, tenant)
-
     pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
     try:
+        async with pool.acquire() as conn:
+            key, _record = await create_key(conn, tenant, "test_ingest_api")
         app = create_app(
-            settings,
-            pool=pool,
-            enqueue=enqueue or record,
-            check_queues=check_queues or queues_ok,
-            tenant_of=tenant_of,
+            settings, pool=pool, enqueue=enqueue or record, check_queues=check_queues or queues_ok
         )
         transport = httpx.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+            httpx.AsyncClient(
+                transport=transport, base_url="http://testserver", headers=bearer(key)
+            ) as client,
         ):
-            yield Api(app=app, client=client, pool=pool, tenant=tenant, sent=sent)
+            yield Api(app=app, client=client, pool=pool, tenant=tenant, key=key, sent=sent)
     finally:
         with anyio.fail_after(10):
             await pool.close()
@@ -218,6 +227,24 @@ REJECTED: list[Any] = [
         422,
         ["callback_url"],
         id="relative-callback",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "http://169.254.169.254/x"}),
+        422,
+        ["callback_url", "link-local"],
+        id="metadata-callback",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "http://0x7f000001:8080/h"}),
+        422,
+        ["callback_url", "loopback"],
+        id="hex-loopback-callback",
+    ),
+    pytest.param(
+        _json({"model": MODEL, "inputs": ["a"], "callback_url": "https://u:pw@e.com/h"}),
+        422,
+        ["callback_url"],
+        id="userinfo-callback",
     ),
     pytest.param(
         _json({"model": MODEL, "inputs": ["a"], "callback_url": "https://e.com/" + "a" * 2040}),
@@ -340,8 +367,9 @@ async def test_unknown_job_is_404(api: Api) -> None:
 
 async def test_another_tenants_job_is_404(api: Api) -> None:
     job_id = await api.submit(inputs=["mine"])
+    someone_else = await api.new_key(f"other-{api.tenant}")
 
-    other = await api.client.get(f"/v1/jobs/{job_id}", headers={TENANT_HEADER: "someone-else"})
+    other = await api.client.get(f"/v1/jobs/{job_id}", headers=bearer(someone_else))
     mine = await api.client.get(f"/v1/jobs/{job_id}")
 
     assert other.status_code == 404

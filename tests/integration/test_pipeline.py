@@ -27,6 +27,7 @@ from emulator.dev import service_specs
 from emulator.harness import add_topology
 from emulator.processes import ServiceSpec, Supervisor
 from emulator.seed import push
+from shared.apikeys import create_key
 from shared.aws import AwsClients
 from shared.topology import DEFAULT_MODEL, Topology
 from tests.models import make_tiny_model
@@ -157,10 +158,19 @@ async def pipeline(
         "INFER_METRICS_PORT": str(metrics["infer-tiny"]),
     }
     specs["infer-tiny"] = ServiceSpec("infer-tiny", "services.infer", tiny_env)
+    conn = await asyncpg.connect(pstack.database_url)
+    try:
+        api_key, _ = await create_key(conn, "pipeline", "test_pipeline")
+    finally:
+        await conn.close()
     async with (
         WebhookReceiver(secret=pstack.webhook_secret) as receiver,
         Supervisor() as supervisor,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as api,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as api,
     ):
         async with anyio.create_task_group() as tg:
             for spec in specs.values():

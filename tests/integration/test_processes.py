@@ -79,7 +79,7 @@ async def test_a_second_signal_does_not_cut_the_drain_short(stack: Stack) -> Non
     ) as process:
         output = Output()
         assert await read_until(process.stderr, output, lambda line: "ready" in line, 30)
-        await anyio.sleep(1)  # now in a long poll (SQS_WAIT_S=5): the drain waits for it
+        await anyio.sleep(2)  # now in a long poll (SQS_WAIT_S=5): the drain waits for it
         process.send_signal(signal.SIGINT)
         await anyio.sleep(0.2)
         assert await stop(process) == 0

@@ -142,3 +142,22 @@ def test_retry_schedule_is_a_comma_separated_list(clean_env: pytest.MonkeyPatch)
     clean_env.setenv("NOTIFY_WEBHOOK_SECRET", WHSEC)
     clean_env.setenv("NOTIFY_RETRY_SCHEDULE_S", "0.5, 1,2")
     assert load_settings(NotifySettings).retry_schedule_s == (0.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "origin", ["*", "https://*.example.com", "example.com", "https://a.b/path"]
+)
+def test_cors_origins_must_be_exact_origins(clean_env: pytest.MonkeyPatch, origin: str) -> None:
+    clean_env.setenv("DATABASE_URL", DB)
+    clean_env.setenv("INGEST_CORS_ORIGINS", f"https://ok.example, {origin}")
+    with pytest.raises(ConfigError, match=r"INGEST_CORS_ORIGINS: .* is not an origin"):
+        load_settings(IngestSettings)
+
+
+def test_cors_origins_list(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", DB)
+    clean_env.setenv("INGEST_CORS_ORIGINS", "https://a.example/, http://127.0.0.1:3000")
+    assert load_settings(IngestSettings).cors_origins == (
+        "https://a.example",
+        "http://127.0.0.1:3000",
+    )
