@@ -260,6 +260,28 @@ class IngestSettings(CommonSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="comma-separated origins allowed by CORS (default: none)"
     )
+    outbox_poll_s: float = Field(
+        default=0.2,
+        gt=0,
+        le=5,
+        description="how often the outbox relay looks for unsent jobs, in seconds",
+    )
+    outbox_retention_s: float = Field(
+        default=3600.0, ge=0, description="how long sent outbox rows are kept, in seconds"
+    )
+    max_backlog: int = Field(
+        default=10_000,
+        ge=1,
+        description="jobs waiting for a model (queue + unsent outbox) above which POST is a 429",
+    )
+    backlog_cache_s: float = Field(
+        default=2.0, ge=0, le=60, description="how long a model's backlog figure is reused, in s"
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0,
+        ge=86_400.0,
+        description="how long Idempotency-Key answers are kept, in seconds (at least 86400)",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

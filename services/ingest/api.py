@@ -1,8 +1,12 @@
 """ingest's HTTP API: accept jobs, hand them to the queue, answer status reads.
 
-    POST /v1/jobs              202 + Location: the job is recorded as queued and enqueued
+    POST /v1/jobs              202 + Location: the job is recorded as queued, with its message
+                               in the outbox (one transaction); the relay sends it to SQS.
+                               ``Idempotency-Key`` makes retries safe (services.ingest.idempotency);
+                               429 + Retry-After while the model's backlog is over the limit
     GET  /v1/jobs/{job_id}     the job (tenant-scoped); ?wait=N holds the answer up to N s
                                until the job is final
+    DELETE /v1/jobs/{job_id}   cancel a queued or running job: 200 + the job; 409 if final
     GET  /healthz              liveness, no dependencies
     GET  /readyz               PostgreSQL and the queues answer, 2 s each
     GET  /docs, /openapi.json  the OpenAPI description
@@ -11,14 +15,18 @@ Every /v1 route needs an API key, ``Authorization: Bearer <key>``, which names t
 request acts for (:mod:`services.ingest.auth`); health and docs are public. Browsers may call
 the API from the origins of ``INGEST_CORS_ORIGINS`` only (none by default: no CORS headers).
 
-Publishing is injected: ``create_app(..., enqueue=..., check_queues=...)``; this module knows
-nothing of SQS. Every answer is JSON, errors included (:mod:`services.ingest.errors`); an
-over-long body is refused before it is parsed (:mod:`services.ingest.body_limit`). A status
-read that waits is woken by the ``job_finished`` notification: its contract is in
-:mod:`services.ingest.waiting`.
+Publishing is not the API's: a job and the message announcing it are written to PostgreSQL
+in one transaction (the transactional outbox, :mod:`services.ingest.outbox`), and the relay
+(:mod:`services.ingest.relay`, run by the service) sends it. ``enqueue(envelope)`` is told of
+each message once it is committed: the service wakes its relay with it, tests record it. The
+queues' readiness is injected (``check_queues``); this module knows nothing of SQS. Every
+answer is JSON, errors included (:mod:`services.ingest.errors`); an over-long body is refused
+before it is parsed (:mod:`services.ingest.body_limit`). A status read that waits is woken by
+the ``job_finished`` notification: its contract is in :mod:`services.ingest.waiting`.
 """
 
 import datetime
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,22 +35,23 @@ from typing import Annotated, Any, Final
 
 import anyio
 import asyncpg
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response as StarletteResponse
 
-from services.ingest import jobs
+from services.ingest import idempotency, jobs, outbox
 from services.ingest.auth import ApiKeyAuth, TenantOf, key_tenants
+from services.ingest.backpressure import Backpressure, QueueDepth
 from services.ingest.body_limit import BodySizeLimit
 from services.ingest.errors import ErrorBody, ValidationErrorBody, add_error_handlers
 from services.ingest.jobs import JobView
 from services.ingest.schemas import JobAccepted, Submission, submission_body
 from services.ingest.waiting import RECHECK_S, JobWaiters
 from shared.config import IngestSettings
-from shared.errors import ConveyorError
+from shared.db import Connection, transaction
 from shared.messages import Envelope, JobRequest, MessageType
 from shared.telemetry import get_logger
 
@@ -50,12 +59,18 @@ __all__ = ["CheckQueues", "Enqueue", "JobWaiters", "TenantOf", "create_app"]
 
 READY_TIMEOUT_S: Final = 2.0
 RETRY_AFTER_S: Final = 5
+BACKLOG_RETRY_AFTER_S: Final = 5
+DB_TIMEOUT_S: Final = 10.0
 CORS_METHODS: Final = ("GET", "POST", "DELETE", "OPTIONS")
 CORS_HEADERS: Final = ("Authorization", "Content-Type", "Idempotency-Key")
-CORS_EXPOSED: Final = ("Location", "Retry-After")
+CORS_EXPOSED: Final = ("Location", "Retry-After", "Idempotent-Replayed")
 
 Enqueue = Callable[[Envelope], Awaitable[None]]
+"""Told of each job's message once it is committed to the outbox; it must not publish it."""
 CheckQueues = Callable[[], Awaitable[None]]
+
+# The database failing to answer (after the bounded retries), as opposed to a bug (a 500).
+_DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 log = get_logger("ingest")
 
@@ -64,14 +79,31 @@ def create_app(
     settings: IngestSettings,
     *,
     pool: asyncpg.Pool,
-    enqueue: Enqueue,
     check_queues: CheckQueues,
+    enqueue: Enqueue | None = None,
     tenant_of: TenantOf | None = None,
+    queue_depth: QueueDepth | None = None,
 ) -> FastAPI:
-    """The API. ``pool`` and the publishing side belong to the caller, which closes them
-    after the app's lifespan has ended. ``tenant_of`` turns a presented API key into its
-    tenant; by default the key is looked up in the ``api_keys`` table through ``pool``."""
+    """The API. ``pool`` belongs to the caller, which closes it after the app's lifespan has
+    ended. ``tenant_of`` turns a presented API key into its tenant; by default the key is
+    looked up in the ``api_keys`` table through ``pool``.
+
+    ``enqueue`` no longer publishes: a job's message leaves through the outbox, sent by the
+    relay. It is awaited with each message after its job is committed (the service wakes its
+    relay with it; tests record what would be sent); if it fails, the failure is logged and
+    the job stays accepted, its message safe in the outbox.
+
+    ``queue_depth(model)`` reads a model queue's messages for backpressure
+    (:mod:`services.ingest.backpressure`); without it only unsent outbox rows count."""
     waiters = JobWaiters(pool)
+    topology = settings.topology()
+    backpressure = Backpressure(
+        pool,
+        topology,
+        queue_depth,
+        limit=settings.max_backlog,
+        cache_s=settings.backlog_cache_s,
+    )
     read_submission = submission_body(settings)
     current_tenant = ApiKeyAuth(tenant_of or key_tenants(pool))
 
@@ -117,6 +149,8 @@ def create_app(
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
         422: {"model": ValidationErrorBody, "description": "the request is invalid"},
+        # Every /v1 call checks its key in the database, so any of them can meet its outage.
+        503: {"model": ErrorBody, "description": "a dependency did not answer; retry later"},
     }
 
     @app.post(
@@ -127,8 +161,13 @@ def create_app(
         responses={
             **errors,
             400: {"model": ErrorBody, "description": "the body is not JSON"},
+            409: {
+                "model": ErrorBody,
+                "description": "a request with the same Idempotency-Key is still in progress",
+            },
             413: {"model": ErrorBody, "description": "the body is too large"},
-            503: {"model": ErrorBody, "description": "the job could not be queued; retry"},
+            429: {"model": ErrorBody, "description": "the model's backlog is over its limit"},
+            503: {"model": ErrorBody, "description": "the job could not be recorded; retry"},
         },
     )
     async def submit_job(
@@ -136,7 +175,18 @@ def create_app(
         request: Request,
         response: Response,
         tenant: Annotated[str, Depends(current_tenant)],
-    ) -> JobAccepted:
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias=idempotency.KEY_HEADER,
+                pattern=idempotency.KEY_PATTERN,
+                description=(
+                    "1-255 printable characters naming this submission: a retry with the same "
+                    "key and body gets the first answer again (for 24 h at least)"
+                ),
+            ),
+        ] = None,
+    ) -> JobAccepted | JSONResponse:
         job_id = uuid.uuid4()
         callback_url = None if body.callback_url is None else str(body.callback_url)
         job = JobRequest(
@@ -151,31 +201,77 @@ def create_app(
             tenant=tenant,
             payload=job.model_dump(mode="json"),
         )
-        async with pool.acquire() as conn:
-            await jobs.insert_job(
+        message = envelope.model_dump_json()
+        accepted = JobAccepted(id=job_id, status_url=status_url(request, job_id))
+        key = idempotency_key
+        digest = idempotency.request_hash(body.model_dump(mode="json"))
+        try:
+            backlog = await backpressure.over_limit(body.model)
+        except _DB_UNAVAILABLE as exc:
+            log.warning("could not read the backlog", error_type=type(exc).__name__)
+            raise HTTPException(
+                503,
+                "the job could not be recorded; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from exc
+        if backlog is not None:
+            log.info("job refused: backlog", model=body.model, backlog=backlog)
+            raise HTTPException(
+                429,
+                f"model '{body.model}' has {backlog} jobs waiting, over the limit of "
+                f"{backpressure.limit}; retry later",
+                headers={"Retry-After": str(BACKLOG_RETRY_AFTER_S)},
+            )
+
+        async def record(conn: Connection) -> idempotency.Saved | None:
+            if key is not None:
+                saved = await idempotency.claim(
+                    conn, tenant, key, digest, settings.idempotency_ttl_s
+                )
+                if saved is not None:
+                    return saved
+            # A retried transaction finds its own job already there (the first attempt
+            # committed, its answer was lost): the outbox row came with it.
+            if await jobs.insert_job(
                 conn,
                 job_id=job_id,
                 tenant=tenant,
                 model=body.model,
                 inputs_count=len(body.inputs),
                 callback_url=callback_url,
-            )
+            ):
+                await outbox.add(
+                    conn,
+                    job_id=job_id,
+                    queue=topology.infer_queue(body.model).name,
+                    model=body.model,
+                    body=message,
+                )
+            if key is not None:
+                await idempotency.complete(conn, tenant, key, 202, accepted.model_dump_json())
+            return None
+
         try:
-            await enqueue(envelope)
-        except ConveyorError as exc:
-            # Until the transactional outbox lands, a job that cannot be sent is failed at once.
-            log.warning("could not enqueue", job_id=str(job_id), error=str(exc))
-            async with pool.acquire() as conn:
-                await jobs.mark_enqueue_failed(conn, job_id, f"could not enqueue: {exc}")
+            saved = await transaction(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
+        except asyncpg.LockNotAvailableError as exc:
+            raise _in_flight() from exc
+        except _DB_UNAVAILABLE as exc:
+            log.warning("could not record job", error_type=type(exc).__name__)
             raise HTTPException(
                 503,
-                "the job could not be queued; retry later",
+                "the job could not be recorded; retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
+        if saved is not None:
+            return _replay(saved, digest)
+        if enqueue is not None:
+            try:
+                await enqueue(envelope)
+            except Exception as exc:  # the message is committed; the relay will send it
+                log.warning("enqueue hook failed", job_id=str(job_id), error=str(exc))
         log.info("job accepted", job_id=str(job_id), model=body.model, inputs=len(body.inputs))
-        url = status_url(request, job_id)
-        response.headers["Location"] = url
-        return JobAccepted(id=job_id, status_url=url)
+        response.headers["Location"] = accepted.status_url
+        return accepted
 
     @app.get(
         "/v1/jobs/{job_id}",
@@ -208,6 +304,43 @@ def create_app(
                     await watch.wait(min(remaining, RECHECK_S))
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        response_model=JobView,
+        summary="Cancel a queued or running job",
+        responses={
+            **errors,
+            404: {"model": ErrorBody, "description": "no such job"},
+            409: {"model": ErrorBody, "description": "the job is already final"},
+            503: {"model": ErrorBody, "description": "the database did not answer; retry"},
+        },
+    )
+    async def cancel_job(
+        job_id: Annotated[uuid.UUID, Path(description="the id POST /v1/jobs answered")],
+        tenant: Annotated[str, Depends(current_tenant)],
+    ) -> JobView:
+        async def cancel(conn: Connection) -> tuple[bool, JobView | None]:
+            cancelled = await jobs.cancel_job(conn, job_id, tenant)
+            return cancelled, await jobs.get_job(conn, job_id, tenant)
+
+        try:
+            cancelled, job = await transaction(pool, cancel, attempts=3, timeout_s=DB_TIMEOUT_S)
+        except _DB_UNAVAILABLE as exc:
+            log.warning("could not cancel job", error_type=type(exc).__name__)
+            raise HTTPException(
+                503,
+                "the job could not be cancelled now; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from exc
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        if not cancelled:
+            raise HTTPException(
+                409, f"job {job_id} is {job.status.value} and can no longer be cancelled"
+            )
+        log.info("job cancelled", job_id=str(job_id))
         return job
 
     @app.get("/healthz", summary="Liveness", response_model=dict[str, str])
@@ -247,6 +380,39 @@ def create_app(
         return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
 
     return app
+
+
+def _replay(saved: idempotency.Saved, digest: bytes) -> JSONResponse:
+    """The answer to a request whose Idempotency-Key was used before."""
+    if saved.request_hash != digest:
+        problem = {
+            "field": idempotency.KEY_HEADER,
+            "loc": ["header", idempotency.KEY_HEADER],
+            "type": "idempotency_key_reused",
+            "msg": "this key was used with a different request body",
+        }
+        return JSONResponse(
+            {
+                "error": f"invalid request: {idempotency.KEY_HEADER}: {problem['msg']}",
+                "detail": [problem],
+            },
+            status_code=422,
+        )
+    if saved.status is None or saved.body is None:
+        raise _in_flight()
+    content = json.loads(saved.body)
+    headers = {idempotency.REPLAYED_HEADER: "true"}
+    if isinstance(content, dict) and isinstance(content.get("status_url"), str):
+        headers["Location"] = content["status_url"]
+    return JSONResponse(content, status_code=saved.status, headers=headers)
+
+
+def _in_flight() -> HTTPException:
+    return HTTPException(
+        409,
+        f"a request with this {idempotency.KEY_HEADER} is still in progress; retry later",
+        headers={"Retry-After": "1"},
+    )
 
 
 class _JsonCors(CORSMiddleware):

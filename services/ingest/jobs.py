@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.messages import JobStatus
 
-__all__ = ["Conn", "JobOutputs", "JobView", "get_job", "insert_job", "mark_enqueue_failed"]
+__all__ = [
+    "Conn",
+    "JobOutputs",
+    "JobView",
+    "cancel_job",
+    "get_job",
+    "insert_job",
+]
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 """A connection of its own or one borrowed from a pool."""
@@ -56,12 +63,15 @@ async def insert_job(
     model: str,
     inputs_count: int,
     callback_url: str | None,
-) -> None:
-    """Record a newly accepted job as ``queued``."""
-    await conn.execute(
+) -> bool:
+    """Record a newly accepted job as ``queued``; False if a job of that id is already there
+    (a retried transaction whose first attempt committed)."""
+    inserted = await conn.fetchval(
         """
         INSERT INTO jobs (id, tenant_id, model, status, inputs_count, callback_url)
         VALUES ($1, $2, $3, 'queued', $4, $5)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING true
         """,
         job_id,
         tenant,
@@ -69,6 +79,7 @@ async def insert_job(
         inputs_count,
         callback_url,
     )
+    return inserted is not None
 
 
 _GET_JOB = """
@@ -102,23 +113,33 @@ async def get_job(conn: Conn, job_id: uuid.UUID, tenant: str) -> JobView | None:
     )
 
 
-async def mark_enqueue_failed(conn: Conn, job_id: uuid.UUID, error: str) -> bool:
-    """Fail a job whose request message could not be sent; True if it was still queued.
+async def cancel_job(conn: Conn, job_id: uuid.UUID, tenant: str) -> bool:
+    """Cancel ``tenant``'s job if it is queued or running; True if it was.
 
-    Like every finalisation, it announces itself on the ``job_finished`` channel.
+    Like every finalisation it announces itself on ``job_finished``; its message, if still
+    unsent and not being sent right now, is dropped from the outbox. A result that arrives
+    later is discarded by persist (the job is final).
     """
     row = await conn.fetchrow(
         """
-        WITH failed AS (
-            UPDATE jobs
-            SET status = 'failed', error = $2, finished_at = now(), updated_at = now(),
-                version = version + 1
-            WHERE id = $1 AND status = 'queued'
+        WITH cancelled AS (
+            UPDATE jobs SET status = 'cancelled', finished_at = now()
+            WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
             RETURNING id
         )
-        SELECT id, pg_notify('job_finished', id::text) FROM failed
+        SELECT id, pg_notify('job_finished', id::text) FROM cancelled
         """,
         job_id,
-        error,
+        tenant,
     )
-    return row is not None
+    if row is None:
+        return False
+    await conn.execute(
+        """
+        DELETE FROM outbox WHERE id IN (
+            SELECT id FROM outbox WHERE job_id = $1 AND sent_at IS NULL FOR UPDATE SKIP LOCKED
+        )
+        """,
+        job_id,
+    )
+    return True

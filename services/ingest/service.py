@@ -1,9 +1,11 @@
-"""ingest: the HTTP API that accepts jobs and enqueues them, one queue per model.
+"""ingest: the HTTP API that accepts jobs, and the outbox relay that enqueues them, one queue
+per model.
 
 The API itself is :mod:`services.ingest.api`; this module gives it what it stands on: the
-database pool, a publisher per model queue (payloads over the claim-check threshold travel
-through the payloads bucket), the readiness probe of the queues, and a uvicorn server whose
-shutdown follows the service's (SIGTERM: stop accepting, finish requests, exit).
+database pool, the outbox relay (:mod:`services.ingest.relay`) with a publisher per model
+queue (payloads over the claim-check threshold travel through the payloads bucket), the
+readiness probe of the queues, and a uvicorn server whose shutdown follows the service's
+(SIGTERM: stop accepting, finish requests, one last relay pass, exit).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from collections.abc import Generator
 import anyio
 import uvicorn
 
+from services.ingest import idempotency
 from services.ingest.api import create_app
+from services.ingest.relay import Relay, RelayPolicy, sqs_send
 from shared.aws import AwsClients, aws_errors, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import IngestSettings
-from shared.db import open_pool
-from shared.messages import Envelope, JobRequest
+from shared.db import Connection, open_pool
+from shared.messages import Envelope
 from shared.sqs import Publisher
 from shared.telemetry import get_logger
 
@@ -46,21 +50,21 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
             for model in topology.models
         }
         claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
-        publishers = {model: Publisher(sqs, aws, url) for model, url in urls.items()}
+        publishers = {
+            topology.infer_queue(model).name: Publisher(sqs, aws, url)
+            for model, url in urls.items()
+        }
 
-        async def enqueue(envelope: Envelope) -> None:
-            request = JobRequest.model_validate(envelope.payload)
-            body = envelope.model_dump_json()
-            if len(body.encode()) > settings.claim_check_bytes:
-                sealed = await claims.seal(
-                    envelope.type,
-                    job_id=envelope.job_id,
-                    tenant=envelope.tenant,
-                    traceparent=envelope.traceparent,
-                    payload=request,
-                )
-                body = sealed.model_dump_json()
-            await publishers[request.model].publish(body)
+        async def prune_keys(conn: Connection) -> int:
+            return await idempotency.prune(conn, settings.idempotency_ttl_s)
+
+        relay = Relay(
+            pool,
+            list(publishers),
+            sqs_send(publishers, claims, settings.claim_check_bytes),
+            RelayPolicy(poll_s=settings.outbox_poll_s, retention_s=settings.outbox_retention_s),
+            maintenance=[prune_keys],
+        )
 
         async def check_queues() -> None:
             for url in urls.values():
@@ -69,7 +73,31 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
                         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
                     )
 
-        app = create_app(settings, pool=pool, enqueue=enqueue, check_queues=check_queues)
+        async def queue_depth(model: str) -> int:
+            url = urls[model]
+            with aws_errors(aws, resource=url):
+                response = await sqs.get_queue_attributes(
+                    QueueUrl=url,
+                    AttributeNames=[
+                        "ApproximateNumberOfMessages",
+                        "ApproximateNumberOfMessagesNotVisible",
+                    ],
+                )
+            attributes = response.get("Attributes", {})
+            return int(attributes.get("ApproximateNumberOfMessages", 0)) + int(
+                attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
+            )
+
+        async def wake_relay(_envelope: Envelope) -> None:
+            relay.wake()
+
+        app = create_app(
+            settings,
+            pool=pool,
+            enqueue=wake_relay,
+            check_queues=check_queues,
+            queue_depth=queue_depth,
+        )
         server = _Server(
             uvicorn.Config(
                 app,
@@ -83,9 +111,14 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             for publisher in publishers.values():
                 publisher.start(tg)
+            await tg.start(relay.run)
 
             async def serve() -> None:
                 await server.serve()
+                # Requests are done: one last relay pass sends what they wrote, then stop.
+                relay.shutdown()
+                with anyio.move_on_after(settings.shutdown_grace_s):
+                    await relay.stopped.wait()
                 tg.cancel_scope.cancel()
 
             tg.start_soon(serve)

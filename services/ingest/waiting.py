@@ -4,7 +4,7 @@ The ``job_finished`` contract
 -----------------------------
 Whoever moves a job to a final status (succeeded, failed, cancelled) runs, in the same
 transaction, ``SELECT pg_notify('job_finished', <job id>::text)`` — the persist service when it
-finalises a job, :func:`services.ingest.jobs.mark_enqueue_failed` here. PostgreSQL delivers a
+finalises a job, :func:`services.ingest.jobs.cancel_job` here. PostgreSQL delivers a
 notification only after its transaction commits, so a woken reader sees the final row. The
 API holds one connection from the pool (the pool needs ``max_size >= 2``) that LISTENs on the
 channel and wakes the requests waiting for that job. A lost notification costs at most

@@ -20,13 +20,15 @@ from services.notify.ssrf import GuardedTransport
 from services.notify.store import (
     already_delivered,
     attempts_so_far,
+    claim_delivery,
     load_notification_data,
     record_attempt,
+    release_delivery,
 )
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import NotifySettings
-from shared.db import Connection, open_pool, transaction, with_connection
+from shared.db import Connection, open_pool, transaction
 from shared.messages import MessageType, Notification, PoisonMessage
 from shared.sqs import ReceivedMessage, RetryLater, SqsConsumer
 from shared.telemetry import get_logger
@@ -63,18 +65,26 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 message.body, MessageType.JOB_NOTIFICATION, Notification
             )
             job_id, event = envelope.job_id, note.event
+            lease_s = settings.request_timeout_s + 10
 
-            async def read_state(conn: Connection) -> tuple[bool, dict[str, Any] | None, int]:
+            async def read_state(conn: Connection) -> tuple[str, dict[str, Any] | None, int]:
                 if await already_delivered(conn, job_id, event):
-                    return True, None, 0
+                    return "delivered", None, 0
                 data = await load_notification_data(conn, job_id)
-                return False, data, await attempts_so_far(conn, job_id, event) + 1
+                if data is None:
+                    return "unknown", None, 0
+                # Two copies of one notification may arrive at once: one delivers.
+                if not await claim_delivery(conn, job_id, event, lease_s):
+                    return "busy", None, 0
+                return "mine", data, await attempts_so_far(conn, job_id, event) + 1
 
-            delivered, data, attempt = await with_connection(pool, read_state)
-            if delivered:
+            state, data, attempt = await transaction(pool, read_state)
+            if state == "delivered":
                 log.info("duplicate notification dropped", job_id=str(job_id), webhook_event=event)
                 return
-            if data is None:
+            if state == "busy":
+                raise RetryLater("another worker is delivering this event", lease_s)
+            if state == "unknown" or data is None:
                 raise PoisonMessage(f"notification for unknown job {job_id}")
             finished = data.get("finished_at")
             outcome = await sender.deliver(
@@ -85,9 +95,9 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 # The event's own time: the body stays byte-identical across retries.
                 occurred_at=datetime.datetime.fromisoformat(finished) if finished else None,
             )
-            await transaction(
-                pool,
-                lambda conn: record_attempt(
+
+            async def record(conn: Connection) -> None:
+                await record_attempt(
                     conn,
                     job_id=job_id,
                     webhook_id=webhook_id_for(job_id, event),
@@ -95,8 +105,10 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                     attempt=attempt,
                     url=note.callback_url,
                     outcome=outcome,
-                ),
-            )
+                )
+                await release_delivery(conn, job_id, event)
+
+            await transaction(pool, record)
             bound = log.bind(job_id=str(job_id), webhook_event=event, attempt=attempt)
             if outcome.succeeded:
                 bound.info("delivered", status=outcome.status_code, ms=outcome.duration_ms)

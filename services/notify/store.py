@@ -20,8 +20,10 @@ __all__ = [
     "Connection",
     "already_delivered",
     "attempts_so_far",
+    "claim_delivery",
     "load_notification_data",
     "record_attempt",
+    "release_delivery",
 ]
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -113,3 +115,24 @@ async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[st
         "error": row["error"],
         "outputs": outputs,
     }
+
+
+async def claim_delivery(conn: Connection, job_id: uuid.UUID, event: str, lease_s: float) -> bool:
+    """Take the lease to deliver this job's event; False while another worker holds it."""
+    taken = await conn.fetchval(
+        """
+        INSERT INTO webhook_leases (job_id, event, lease_until)
+        VALUES ($1, $2, now() + make_interval(secs => $3))
+        ON CONFLICT (job_id, event) DO UPDATE SET lease_until = EXCLUDED.lease_until
+            WHERE webhook_leases.lease_until < now()
+        RETURNING true
+        """,
+        job_id,
+        event,
+        lease_s,
+    )
+    return bool(taken)
+
+
+async def release_delivery(conn: Connection, job_id: uuid.UUID, event: str) -> None:
+    await conn.execute("DELETE FROM webhook_leases WHERE job_id = $1 AND event = $2", job_id, event)

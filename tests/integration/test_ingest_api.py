@@ -1,8 +1,10 @@
-"""The ingest HTTP API against a real PostgreSQL; the queue side is a recording fake.
+"""The ingest HTTP API against a real PostgreSQL, without SQS.
 
-The fake ``enqueue`` stands at the transport seam (the SQS publisher is injected), so every
-assertion about what was "sent" reads the envelopes it recorded. Requests carry a real API key
-of a tenant made for the test (authentication itself: ``test_auth.py``).
+The API never calls SQS: an accepted job and its message are written to the ``outbox`` table
+in one transaction, and the relay sends them (``test_outbox.py``). ``Api.outbox()`` reads that
+table; ``Api.sent`` records what the ``enqueue`` hook was told after each commit (what the relay
+will send). Requests carry a real API key of a tenant made for the test (authentication
+itself: ``test_auth.py``).
 """
 
 import json
@@ -44,6 +46,16 @@ class Api:
     """The tenant of the key the client sends."""
     key: str
     sent: list[Envelope] = field(default_factory=list)
+
+    async def outbox(self, tenant: str | None = None) -> list[Envelope]:
+        """The messages the tenant's jobs wrote to the outbox, oldest first."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT o.body FROM outbox o JOIN jobs j ON j.id = o.job_id "
+                "WHERE j.tenant_id = $1 ORDER BY o.id",
+                tenant or self.tenant,
+            )
+        return [decode_envelope(row["body"]) for row in rows]
 
     @property
     def waiters(self) -> JobWaiters:
@@ -168,6 +180,7 @@ async def test_valid_job_is_recorded_and_enqueued_once(api: Api) -> None:
     assert row["callback_url"] == "https://example.com/h"
 
     [envelope] = api.sent
+    assert await api.outbox() == [envelope]
     assert envelope.type is MessageType.JOB_REQUESTED
     assert envelope.job_id == job_id
     assert envelope.tenant == api.tenant
@@ -299,6 +312,7 @@ async def test_rejected_request_writes_and_sends_nothing(
         assert response.json()["detail"]
     assert await api.rows() == []
     assert api.sent == []
+    assert await api.outbox() == []
 
 
 async def test_oversized_body_is_refused_from_its_content_length(api: Api) -> None:
@@ -321,23 +335,24 @@ async def test_oversized_body_is_refused_from_its_content_length(api: Api) -> No
     assert await api.rows() == []
 
 
-async def test_enqueue_failure_fails_the_job_and_asks_to_retry(
+async def test_queue_trouble_does_not_fail_the_job(
     stack: Stack, clean_env: pytest.MonkeyPatch
 ) -> None:
+    """The API never publishes: whatever ``enqueue`` (a hook after the commit) raises, the job
+    is accepted and its message waits in the outbox for the relay."""
+
     async def broken(envelope: Envelope) -> None:
         raise AwsUnavailable("the queue endpoint did not answer")
 
     async with running(stack, enqueue=broken) as api:
         response = await api.client.post("/v1/jobs", json={"model": MODEL, "inputs": ["a"]})
         [row] = await api.rows()
+        [envelope] = await api.outbox()
 
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert response.headers["content-type"] == "application/json"
-    assert "retry" in response.json()["error"]
-    assert row["status"] == "failed"
-    assert row["error"] == "could not enqueue: the queue endpoint did not answer"
-    assert row["finished_at"] is not None
+    assert response.status_code == 202, response.text
+    assert row["status"] == "queued"
+    assert row["finished_at"] is None
+    assert envelope.job_id == row["id"] == uuid.UUID(response.json()["id"])
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -492,6 +507,81 @@ async def test_listener_reconnects_after_its_connection_is_killed(api: Api) -> N
     assert elapsed < 0.8, elapsed
 
 
+# -- cancelling ---------------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_job(api: Api) -> None:
+    job_id = await api.submit(inputs=["a"])
+
+    async def cancel_soon() -> None:
+        await anyio.sleep(0.3)
+        response = await api.client.delete(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["id"] == str(job_id)
+        assert body["status"] == "cancelled"
+        assert body["finished_at"] is not None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_soon)
+        started = time.monotonic()
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            waited = await api.client.get(f"/v1/jobs/{job_id}", params={"wait": MAX_WAIT_S})
+        elapsed = time.monotonic() - started
+
+    assert waited.json()["status"] == "cancelled"
+    assert elapsed < 0.8, elapsed  # woken by the job_finished notification
+    [row] = await api.rows()
+    assert row["status"] == "cancelled"
+    assert await api.outbox() == []  # its unsent message will not be sent
+
+
+async def test_cancel_a_running_job(api: Api) -> None:
+    job_id = await api.submit(inputs=["a"])
+    async with api.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE jobs SET status = 'running', started_at = now() WHERE id = $1", job_id
+        )
+
+    response = await api.client.delete(f"/v1/jobs/{job_id}")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["started_at"] is not None
+
+
+async def test_cancel_a_final_job_is_409_naming_its_status(api: Api) -> None:
+    done = await api.submit(inputs=["a"])
+    await finish(api.pool, done, [[1.0]], notify=False)
+    cancelled = await api.submit(inputs=["b"])
+    assert (await api.client.delete(f"/v1/jobs/{cancelled}")).status_code == 200
+
+    first = await api.client.delete(f"/v1/jobs/{done}")
+    again = await api.client.delete(f"/v1/jobs/{cancelled}")
+
+    assert first.status_code == 409
+    assert first.headers["content-type"] == "application/json"
+    assert "succeeded" in first.json()["error"]
+    assert again.status_code == 409
+    assert "cancelled" in again.json()["error"]
+    statuses = {row["id"]: row["status"] for row in await api.rows()}
+    assert statuses == {done: "succeeded", cancelled: "cancelled"}
+
+
+async def test_cancel_an_unknown_or_another_tenants_job_is_404(api: Api) -> None:
+    job_id = await api.submit(inputs=["mine"])
+    someone_else = await api.new_key(f"other-{api.tenant}")
+
+    other = await api.client.delete(f"/v1/jobs/{job_id}", headers=bearer(someone_else))
+    unknown = await api.client.delete(f"/v1/jobs/{uuid.uuid4()}")
+
+    assert other.status_code == 404
+    assert other.json() == {"error": f"no job {job_id}"}
+    assert unknown.status_code == 404
+    [row] = await api.rows()
+    assert row["status"] == "queued"
+
+
 # -- health, docs, errors -----------------------------------------------------------------------
 
 
@@ -543,6 +633,7 @@ async def test_openapi_lists_the_routes(api: Api) -> None:
     assert spec["info"]["title"] == "Conveyor"
     assert "/v1/jobs" in spec["paths"]
     assert "/v1/jobs/{job_id}" in spec["paths"]
+    assert set(spec["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
     assert (await api.client.get("/docs")).status_code == 200
 
 

@@ -90,7 +90,8 @@ async def test_revoke_takes_a_pasted_key_and_never_echoes_its_secret(stack: Stac
     assert match["secret"] not in revoked.stdout + revoked.stderr
     assert await tenant_of(stack, key) is None
 
-    garbage = await keys(env, "revoke", match["secret"])
+    # "--": a urlsafe secret may begin with "-", which would read as an option.
+    garbage = await keys(env, "revoke", "--", match["secret"])
     assert garbage.returncode == 1
     assert match["secret"] not in garbage.stdout + garbage.stderr
     assert "16 hex characters" in garbage.stderr

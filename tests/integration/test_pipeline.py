@@ -7,6 +7,7 @@ the model run directly; webhooks arrive at a real receiver on 127.0.0.1 and are 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import socket
@@ -271,6 +272,84 @@ async def test_sigterm_drains_infer_and_a_new_worker_finishes_everything(
     jobs = await pipeline.wait_final(job_ids, timeout=90)
     assert all(job["status"] == "succeeded" for job in jobs.values())
     assert time.perf_counter() - began < 90
+
+
+async def test_a_job_redriven_from_the_dlq_completes(pipeline: Pipeline) -> None:
+    """A job whose message ran out of deliveries is moved back by `conveyor dlq redrive`."""
+    from tests.processes import run_module
+
+    assert await pipeline.supervisor.stop("infer-tiny") == 0
+    queue = pipeline.stack.topology.infer_queue(TINY)
+    urls = pipeline.stack.provisioned.queue_urls
+    (job_id,) = await pipeline.submit_many(TINY, ["lost and found"])
+    async with AwsClients(pipeline.stack.admin) as clients:
+        sqs = await clients.sqs()
+        # Play a worker that keeps failing: receive without deleting until SQS gives up.
+        with anyio.fail_after(60):
+            while True:
+                await sqs.receive_message(
+                    QueueUrl=urls[queue.name], VisibilityTimeout=0, WaitTimeSeconds=1
+                )
+                attributes = await sqs.get_queue_attributes(
+                    QueueUrl=urls[queue.dlq_name], AttributeNames=["ApproximateNumberOfMessages"]
+                )
+                if int(attributes["Attributes"]["ApproximateNumberOfMessages"]) == 1:
+                    break
+    env = {**pipeline.stack.common_env(), **pipeline.stack.credential_env("admin")}
+    result = await anyio.to_thread.run_sync(
+        run_module, ["shared.cli", "dlq", "redrive", f"infer-{TINY}", "--yes"], env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    await pipeline.restart("infer-tiny")
+    assert (await pipeline.wait_final([job_id], timeout=60))[job_id]["status"] == "succeeded"
+
+
+async def test_a_result_delivered_twice_is_one_row_and_one_notification(
+    pipeline: Pipeline,
+) -> None:
+    """SQS delivers at least once: the same result message, twice more, changes nothing."""
+    from shared.messages import Envelope, JobResult, JobStatus, MessageType
+
+    async with WebhookReceiver(secret=pipeline.stack.webhook_secret) as receiver:
+        job_id = await pipeline.submit(TINY, ["only once"], receiver.url)
+        job = (await pipeline.wait_final([job_id], timeout=60))[job_id]
+        await receiver.wait_for_requests(1, timeout=30)
+        now = datetime.datetime.now(datetime.UTC)
+        duplicate = Envelope(
+            type=MessageType.JOB_RESULT,
+            job_id=uuid.UUID(job_id),
+            tenant="pipeline",
+            payload=JobResult(
+                status=JobStatus.SUCCEEDED,
+                model=TINY,
+                outputs=job["result"]["outputs"],
+                started_at=now,
+                finished_at=now,
+                callback_url=receiver.url,
+            ).model_dump(mode="json"),
+        ).model_dump_json()
+        urls = pipeline.stack.provisioned.queue_urls
+        async with AwsClients(pipeline.stack.admin) as clients:
+            sqs = await clients.sqs()
+            results_url = urls[pipeline.stack.topology.results_queue.name]
+            for _ in range(2):
+                await sqs.send_message(QueueUrl=results_url, MessageBody=duplicate)
+        await anyio.sleep(4)  # persist and notify see both copies
+        assert len(receiver.requests) == 1
+    conn = await asyncpg.connect(pipeline.stack.database_url)
+    try:
+        rows = await conn.fetchval(
+            "SELECT count(*) FROM results WHERE job_id = $1", uuid.UUID(job_id)
+        )
+        attempts = await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE job_id = $1", uuid.UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    assert (rows, attempts) == (1, 1)
+    assert "duplicate notification dropped" in "\n".join(
+        pipeline.supervisor.processes["notify"].lines
+    )
 
 
 async def test_poison_lands_in_the_dlq_and_the_worker_keeps_serving(pipeline: Pipeline) -> None:
