@@ -46,3 +46,34 @@ async def test_transactions_retry_across_a_restart(stack: Stack) -> None:
             lambda conn: conn.fetchval("SELECT count(*) FROM jobs WHERE tenant_id = $1", marker),
         )
     assert written == 120
+
+
+async def test_readiness_follows_the_database(stack: Stack) -> None:
+    """/readyz turns 503 (naming the database) while PostgreSQL is away, and 200 after."""
+    from tests.integration.test_ingest_api import running
+
+    assert stack.restart_database is not None
+    restart = stack.restart_database
+    seen: list[int] = []
+    async with running(stack) as api:
+        assert (await api.client.get("/readyz")).status_code == 200
+
+        async def probe() -> None:
+            while True:
+                response = await api.client.get("/readyz")
+                seen.append(response.status_code)
+                if response.status_code == 503:
+                    assert response.json()["checks"]["database"] != "ok"
+                await anyio.sleep(0.2)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(probe)
+                await restart(3.0)
+                while seen[-1] != 200 or 503 not in seen:
+                    await anyio.sleep(0.2)
+                tg.cancel_scope.cancel()
+        # And the API works again: a job is accepted after the restart.
+        await api.submit(inputs=["after the restart"])
+    assert 503 in seen
+    assert seen[-1] == 200
