@@ -188,11 +188,17 @@ def _run(fn: object) -> None:
 def _register_subcommands() -> None:
     from services.infer.models_cli import models_app
     from services.ingest.keys_cli import keys_app
+    from services.notify.webhooks_cli import webhooks_app
     from shared.dlq_cli import dlq_app
 
     app.add_typer(models_app, name="models", help="Push and list models in the models bucket.")
     app.add_typer(dlq_app, name="dlq", help="Inspect dead-letter queues and redrive them.")
     app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
+    app.add_typer(
+        webhooks_app,
+        name="webhooks",
+        help="Register webhook endpoints and rotate their signing secrets.",
+    )
 
 
 _register_subcommands()

@@ -3,7 +3,12 @@
     body    {"type": "job.succeeded", "timestamp": "2026-11-03T20:26:10Z", "data": {...}}
     headers webhook-id         stable across every retry of one delivery (see webhook_id_for)
             webhook-timestamp  this attempt's Unix time in seconds
-            webhook-signature  "v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>"
+            webhook-signature  "v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>", one per
+                               signing secret, space-separated (the current secret first)
+
+Each delivery is signed with the ``secrets`` it is given (an endpoint's current secret and
+those still in their rotation overlap, see services.notify.endpoints), or else with the
+sender's default secret (``NOTIFY_WEBHOOK_SECRET``). No secret is ever logged or shown.
 
 :meth:`WebhookSender.deliver` never raises for what the network or the receiver does: every
 answer, refusal and timeout becomes a :class:`DeliveryOutcome`, and the caller decides about
@@ -29,6 +34,7 @@ Errors raised on purpose (programming errors, not delivery failures):
     ConveyorError
     └── WebhookError
         ├── InvalidPayload      the data cannot be serialised as strict JSON
+        ├── InvalidSecret       a signing secret given to deliver() is not whsec_ + base64
         └── SenderClosed        deliver() after aclose()
 """
 
@@ -44,7 +50,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -62,6 +68,7 @@ __all__ = [
     "USER_AGENT",
     "DeliveryOutcome",
     "InvalidPayload",
+    "InvalidSecret",
     "SenderClosed",
     "WebhookError",
     "WebhookSender",
@@ -88,6 +95,10 @@ class WebhookError(ConveyorError):
 
 class InvalidPayload(WebhookError):
     """The event data is not JSON-serialisable (or holds NaN or infinity)."""
+
+
+class InvalidSecret(WebhookError):
+    """A signing secret is not ``whsec_`` and base64 of 24-64 bytes (or none was given)."""
 
 
 class SenderClosed(WebhookError):
@@ -201,21 +212,26 @@ class WebhookSender(AsyncResource):
         event_type: str,
         data: Mapping[str, Any],
         occurred_at: datetime.datetime | None = None,
+        secrets: Sequence[str] | None = None,
     ) -> DeliveryOutcome:
         """POST one signed event to ``url``; every failure is an outcome, never an exception.
 
         ``occurred_at`` is the body's ``timestamp``, when the event happened (default: now).
         Pass the same value on every retry and the body is byte-identical across them.
+        ``secrets``: sign with each of these (the current one first) and send the signatures
+        space-separated; None signs with the sender's default secret. An empty or malformed
+        one raises InvalidSecret (a programming error: nothing is sent).
         """
         if self._closed:
             raise SenderClosed("this WebhookSender is closed")
+        signers = [self._webhook] if secrets is None else _signers(secrets)
         now = self._clock().astimezone(datetime.UTC)
         body = encode_payload(event_type, data, occurred_at or now)
         headers = {
             "content-type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(math.floor(now.timestamp())),
-            "webhook-signature": self._webhook.sign(webhook_id, now, body),
+            "webhook-signature": " ".join(w.sign(webhook_id, now, body) for w in signers),
         }
         started = time.perf_counter()
         problem = _url_problem(url)
@@ -269,6 +285,19 @@ class WebhookSender(AsyncResource):
             give_up=status == 410,
             duration_ms=duration_ms,
         )
+
+
+def _signers(secrets: Sequence[str]) -> list[Webhook]:
+    if isinstance(secrets, str):  # a str is a Sequence[str] too: one secret's characters
+        raise InvalidSecret("secrets must be a sequence of secrets, not one string")
+    if not secrets:
+        raise InvalidSecret("no signing secret given (pass None for the default secret)")
+    for position, secret in enumerate(secrets):
+        if not _valid_secret(secret):  # which one, never the secret itself
+            raise InvalidSecret(
+                f"signing secret #{position} is not whsec_ followed by base64 of 24-64 bytes"
+            )
+    return [Webhook(secret) for secret in secrets]
 
 
 def _valid_secret(secret: str) -> bool:

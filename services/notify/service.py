@@ -5,6 +5,12 @@ duplicated message), build the body from the job's final state, POST it signed (
 Webhooks), and record the attempt. A failed attempt is retried on the configured schedule by
 making the message visible again later (``Retry-After`` can lengthen a wait); 410 Gone or the
 end of the schedule ends the delivery as failed. Every retry carries the same ``webhook-id``.
+
+Signing: when the job's tenant registered its callback URL as a webhook endpoint (``conveyor
+webhooks add``), the delivery is signed with that endpoint's secrets (the current one, and
+during a rotation's overlap the old one too); any other callback URL is signed with the stack's
+secret, ``NOTIFY_WEBHOOK_SECRET``. Registering an endpoint is how a tenant gets a secret of its
+own. The secrets are read on every attempt, so a rotation takes effect on the next one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 import anyio
 
 from services.notify.delivery import WebhookSender, webhook_id_for
+from services.notify.endpoints import signing_secrets
 from services.notify.schedule import RetrySchedule
 from services.notify.ssrf import GuardedTransport
 from services.notify.store import (
@@ -67,18 +74,22 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
             job_id, event = envelope.job_id, note.event
             lease_s = settings.request_timeout_s + 10
 
-            async def read_state(conn: Connection) -> tuple[str, dict[str, Any] | None, int]:
+            async def read_state(
+                conn: Connection,
+            ) -> tuple[str, dict[str, Any] | None, int, list[str]]:
                 if await already_delivered(conn, job_id, event):
-                    return "delivered", None, 0
+                    return "delivered", None, 0, []
                 data = await load_notification_data(conn, job_id)
                 if data is None:
-                    return "unknown", None, 0
+                    return "unknown", None, 0, []
                 # Two copies of one notification may arrive at once: one delivers.
                 if not await claim_delivery(conn, job_id, event, lease_s):
-                    return "busy", None, 0
-                return "mine", data, await attempts_so_far(conn, job_id, event) + 1
+                    return "busy", None, 0, []
+                # The tenant's own endpoint secrets, only for a URL this tenant registered.
+                secrets = await signing_secrets(conn, envelope.tenant, note.callback_url)
+                return "mine", data, await attempts_so_far(conn, job_id, event) + 1, secrets
 
-            state, data, attempt = await transaction(pool, read_state)
+            state, data, attempt, secrets = await transaction(pool, read_state)
             if state == "delivered":
                 log.info("duplicate notification dropped", job_id=str(job_id), webhook_event=event)
                 return
@@ -94,6 +105,8 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                 data=data,
                 # The event's own time: the body stays byte-identical across retries.
                 occurred_at=datetime.datetime.fromisoformat(finished) if finished else None,
+                # None (not registered): the stack's secret.
+                secrets=secrets or None,
             )
 
             async def record(conn: Connection) -> None:

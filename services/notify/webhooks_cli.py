@@ -1,0 +1,160 @@
+"""``conveyor webhooks``: register a tenant's webhook endpoints and rotate their secrets.
+
+Runs as the operator against ADMIN_DATABASE_URL (or DATABASE_URL). A job whose callback_url is
+registered for its tenant is signed with the endpoint's own secret; any other callback with
+the stack's NOTIFY_WEBHOOK_SECRET. A secret is printed once, by ``add`` or ``rotate``, alone on
+stdout; ``list`` never shows one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import anyio
+import asyncpg
+import typer
+
+from services.notify import endpoints
+from shared.config import AdminSettings, load_settings
+from shared.errors import ConfigError, ConveyorError
+
+__all__ = ["webhooks_app"]
+
+webhooks_app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+_SHOWN_ONCE = (
+    "store it now: it is shown only this once; give it to the receiver to verify signatures with"
+)
+
+
+@webhooks_app.command()
+def add(
+    tenant: Annotated[str, typer.Option(help="The tenant whose jobs call this URL back.")],
+    url: Annotated[str, typer.Option(help="The callback URL, as the tenant's jobs give it.")],
+) -> None:
+    """Register URL for TENANT with a new signing secret, and print the secret (once)."""
+
+    async def go() -> None:
+        async with _connect() as conn:
+            try:
+                endpoint, secret = await endpoints.add_endpoint(conn, tenant, url)
+            except ValueError as exc:  # a tenant or URL it refuses, or one already registered
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+        # The secret alone on stdout (SECRET=$(conveyor webhooks add ...)); the rest on stderr.
+        typer.echo(
+            f"registered endpoint {endpoint.id} for tenant {endpoint.tenant}: {endpoint.url}",
+            err=True,
+        )
+        typer.echo(secret)
+        typer.echo(_SHOWN_ONCE, err=True)
+
+    _run(go)
+
+
+@webhooks_app.command("list")
+def list_(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's endpoints.")] = None,
+) -> None:
+    """List endpoints (never their secrets)."""
+
+    async def go() -> None:
+        async with _connect() as conn:
+            found = await endpoints.list_endpoints(conn, tenant)
+        if not found:
+            typer.echo("no webhook endpoints" + (f" for tenant {tenant}" if tenant else ""))
+            return
+        rows = [("ID", "TENANT", "URL", "CREATED", "ROTATED")]
+        rows += [
+            (str(e.id), e.tenant, e.url, _when(e.created_at), _when(e.rotated_at, "never"))
+            for e in found
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+    _run(go)
+
+
+@webhooks_app.command()
+def rotate(
+    endpoint_id: Annotated[int, typer.Argument(help="The endpoint's id, as `list` shows it.")],
+    overlap_hours: Annotated[
+        float,
+        typer.Option(min=0, help="Hours the old secret keeps signing next to the new one."),
+    ] = 24,
+) -> None:
+    """Give an endpoint a new secret and print it (once); the old one signs too until the
+    overlap ends, so the receiver can switch in the meantime."""
+
+    async def go() -> None:
+        async with _connect() as conn:
+            try:
+                secret = await endpoints.rotate(conn, endpoint_id, overlap_hours * 3600)
+            except endpoints.UnknownEndpoint as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+        overlap = f"the old secret keeps signing for {overlap_hours:g} h"
+        typer.echo(f"rotated endpoint {endpoint_id}: {overlap}", err=True)
+        typer.echo(secret)
+        typer.echo(_SHOWN_ONCE, err=True)
+
+    _run(go)
+
+
+@webhooks_app.command()
+def remove(
+    endpoint_id: Annotated[int, typer.Argument(help="The endpoint's id, as `list` shows it.")],
+) -> None:
+    """Remove an endpoint and its secrets: its callbacks are signed with the stack's secret."""
+
+    async def go() -> None:
+        async with _connect() as conn:
+            removed = await endpoints.remove_endpoint(conn, endpoint_id)
+        if not removed:
+            typer.echo(f"error: no webhook endpoint {endpoint_id}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"removed endpoint {endpoint_id}")
+
+    _run(go)
+
+
+def _when(moment: datetime.datetime | None, absent: str = "") -> str:
+    if moment is None:
+        return absent
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@asynccontextmanager
+async def _connect() -> AsyncIterator[asyncpg.Connection]:
+    settings = load_settings(AdminSettings)
+    if settings.database_url is None:
+        raise ConfigError(
+            "ADMIN_DATABASE_URL or DATABASE_URL is not set: expected the URL of Conveyor's "
+            "PostgreSQL, e.g. postgresql://user:password@host:5432/conveyor"
+        )
+    try:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The message, not the URL: the URL can hold a password.
+        raise ConfigError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _run(fn: Callable[[], Awaitable[None]]) -> None:
+    try:
+        anyio.run(fn)
+    except ConveyorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    webhooks_app()
