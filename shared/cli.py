@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
-import anyio
 import httpx
 import typer
 
+from shared.cli_support import run
 from shared.config import AdminSettings, load_settings
-from shared.errors import ConfigError, ConveyorError
+from shared.errors import ConfigError
 
 __all__ = ["app"]
 
@@ -72,7 +71,7 @@ def provision() -> None:
         if settings.database_url is not None:
             await _migrate(settings.database_url.get_secret_value())
 
-    _run(go)
+    run(go)
 
 
 @app.command()
@@ -85,7 +84,7 @@ def migrate() -> None:
             raise ConfigError("ADMIN_DATABASE_URL or DATABASE_URL is not set")
         await _migrate(settings.database_url.get_secret_value())
 
-    _run(go)
+    run(go)
 
 
 async def _migrate(url: str) -> None:
@@ -175,14 +174,6 @@ def _check(response: httpx.Response) -> None:
     if response.is_error:
         typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
         raise typer.Exit(1)
-
-
-def _run(fn: object) -> None:
-    try:
-        anyio.run(fn)  # type: ignore[arg-type]
-    except ConveyorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 def _register_subcommands() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import anyio
@@ -19,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shared.cli_support import run
 from shared.config import AdminSettings, load_settings
-from shared.errors import ConveyorError
 
 __all__ = ["dlq_app"]
 
@@ -61,7 +60,7 @@ def list_() -> None:
             )
         _console().print(table)
 
-    _run(go)
+    run(go)
 
 
 @dlq_app.command()
@@ -105,7 +104,7 @@ def show(
                 console.print(Text(f"--- {message.message_id}"))
                 console.print(Text(message.body))
 
-    _run(go)
+    run(go)
 
 
 @dlq_app.command()
@@ -168,7 +167,7 @@ def redrive(
             typer.echo(f"error: {result.failed} message(s) stayed in {spec.dlq_name}", err=True)
             raise typer.Exit(1)
 
-    _run(go)
+    run(go)
 
 
 def _settings() -> AdminSettings:
@@ -186,14 +185,6 @@ def _console() -> Console:
 
 def _when(moment: datetime.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
-
-
-def _run(fn: Callable[[], Awaitable[None]]) -> None:
-    try:
-        anyio.run(fn)
-    except ConveyorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

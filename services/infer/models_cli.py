@@ -5,17 +5,14 @@ Runs as the operator (``ADMIN_AWS_*`` or ``AWS_*`` credentials); infer workers m
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
-import anyio
 import typer
 
 from services.infer.manifest import DEFAULT_MODEL_KIND
+from shared.cli_support import run
 from shared.config import AdminSettings, load_settings
-from shared.errors import ConveyorError
 
 __all__ = ["models_app"]
 
@@ -51,7 +48,7 @@ def push(
         for entry in manifest.files:
             typer.echo(f"  {entry.sha256}  {entry.size:>12,}  {entry.path}")
 
-    _run(go)
+    run(go)
 
 
 @models_app.command("push-default")
@@ -79,12 +76,4 @@ def list_() -> None:
         for model in versions:
             typer.echo(f"{'*' if model.latest else ' '} {model.name}  {model.version}")
 
-    _run(go)
-
-
-def _run(fn: Callable[[], Awaitable[None]]) -> None:
-    try:
-        anyio.run(fn)
-    except ConveyorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run(go)

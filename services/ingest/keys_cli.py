@@ -6,19 +6,12 @@ Runs as the operator against ADMIN_DATABASE_URL (or DATABASE_URL). A key is prin
 
 from __future__ import annotations
 
-import datetime
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-import anyio
-import asyncpg
 import typer
 
 from shared import apikeys
-from shared.config import AdminSettings, load_settings
-from shared.errors import ConfigError, ConveyorError
+from shared.cli_support import admin_database, run, when
 
 __all__ = ["keys_app"]
 
@@ -33,7 +26,7 @@ def create(
     """Create a key for TENANT and print it: it is shown this once only."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             try:
                 plaintext, record = await apikeys.create_key(conn, tenant, name)
             except ValueError as exc:  # a tenant or a name it refuses
@@ -47,7 +40,7 @@ def create(
             err=True,
         )
 
-    _run(go)
+    run(go)
 
 
 @keys_app.command("list")
@@ -57,7 +50,7 @@ def list_(
     """List keys, revoked ones included (never their secrets)."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             records = await apikeys.list_keys(conn, tenant)
         if not records:
             typer.echo("no API keys" + (f" for tenant {tenant}" if tenant else ""))
@@ -68,9 +61,9 @@ def list_(
                 r.id,
                 r.tenant,
                 r.name or "-",
-                _when(r.created_at),
-                _when(r.last_used_at, "never"),
-                _when(r.revoked_at, "-"),
+                when(r.created_at),
+                when(r.last_used_at, "never"),
+                when(r.revoked_at, "-"),
             )
             for r in records
         ]
@@ -78,7 +71,7 @@ def list_(
         for row in rows:
             typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
-    _run(go)
+    run(go)
 
 
 @keys_app.command()
@@ -93,51 +86,18 @@ def revoke(
         raise typer.Exit(1)
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             revoked = await apikeys.revoke_key(conn, key_id)
         if not revoked:
             typer.echo(f"error: no active key {key_id} (unknown, or already revoked)", err=True)
             raise typer.Exit(1)
         typer.echo(f"revoked key {key_id}")
 
-    _run(go)
+    run(go)
 
 
 def _is_key_id(text: str) -> bool:
     return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
-
-
-def _when(moment: datetime.datetime | None, absent: str = "") -> str:
-    if moment is None:
-        return absent
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-@asynccontextmanager
-async def _connect() -> AsyncIterator[asyncpg.Connection]:
-    settings = load_settings(AdminSettings)
-    if settings.database_url is None:
-        raise ConfigError(
-            "ADMIN_DATABASE_URL or DATABASE_URL is not set: expected the URL of Conveyor's "
-            "PostgreSQL, e.g. postgresql://user:password@host:5432/conveyor"
-        )
-    try:
-        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The message, not the URL: the URL can hold a password.
-        raise ConfigError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-def _run(fn: Callable[[], Awaitable[None]]) -> None:
-    try:
-        anyio.run(fn)
-    except ConveyorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,12 @@ stdout; ``list`` never shows one.
 
 from __future__ import annotations
 
-import datetime
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-import anyio
-import asyncpg
 import typer
 
 from services.notify import endpoints
-from shared.config import AdminSettings, load_settings
-from shared.errors import ConfigError, ConveyorError
+from shared.cli_support import admin_database, run, when
 
 __all__ = ["webhooks_app"]
 
@@ -39,7 +32,7 @@ def add(
     """Register URL for TENANT with a new signing secret, and print the secret (once)."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             try:
                 endpoint, secret = await endpoints.add_endpoint(conn, tenant, url)
             except ValueError as exc:  # a tenant or URL it refuses, or one already registered
@@ -53,7 +46,7 @@ def add(
         typer.echo(secret)
         typer.echo(_SHOWN_ONCE, err=True)
 
-    _run(go)
+    run(go)
 
 
 @webhooks_app.command("list")
@@ -63,21 +56,21 @@ def list_(
     """List endpoints (never their secrets)."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             found = await endpoints.list_endpoints(conn, tenant)
         if not found:
             typer.echo("no webhook endpoints" + (f" for tenant {tenant}" if tenant else ""))
             return
         rows = [("ID", "TENANT", "URL", "CREATED", "ROTATED")]
         rows += [
-            (str(e.id), e.tenant, e.url, _when(e.created_at), _when(e.rotated_at, "never"))
+            (str(e.id), e.tenant, e.url, when(e.created_at), when(e.rotated_at, "never"))
             for e in found
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
-    _run(go)
+    run(go)
 
 
 @webhooks_app.command()
@@ -92,7 +85,7 @@ def rotate(
     overlap ends, so the receiver can switch in the meantime."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             try:
                 secret = await endpoints.rotate(conn, endpoint_id, overlap_hours * 3600)
             except endpoints.UnknownEndpoint as exc:
@@ -103,7 +96,7 @@ def rotate(
         typer.echo(secret)
         typer.echo(_SHOWN_ONCE, err=True)
 
-    _run(go)
+    run(go)
 
 
 @webhooks_app.command()
@@ -113,47 +106,14 @@ def remove(
     """Remove an endpoint and its secrets: its callbacks are signed with the stack's secret."""
 
     async def go() -> None:
-        async with _connect() as conn:
+        async with admin_database() as conn:
             removed = await endpoints.remove_endpoint(conn, endpoint_id)
         if not removed:
             typer.echo(f"error: no webhook endpoint {endpoint_id}", err=True)
             raise typer.Exit(1)
         typer.echo(f"removed endpoint {endpoint_id}")
 
-    _run(go)
-
-
-def _when(moment: datetime.datetime | None, absent: str = "") -> str:
-    if moment is None:
-        return absent
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-@asynccontextmanager
-async def _connect() -> AsyncIterator[asyncpg.Connection]:
-    settings = load_settings(AdminSettings)
-    if settings.database_url is None:
-        raise ConfigError(
-            "ADMIN_DATABASE_URL or DATABASE_URL is not set: expected the URL of Conveyor's "
-            "PostgreSQL, e.g. postgresql://user:password@host:5432/conveyor"
-        )
-    try:
-        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The message, not the URL: the URL can hold a password.
-        raise ConfigError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-def _run(fn: Callable[[], Awaitable[None]]) -> None:
-    try:
-        anyio.run(fn)
-    except ConveyorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run(go)
 
 
 if __name__ == "__main__":
