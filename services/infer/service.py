@@ -10,6 +10,7 @@ large, before the job's message is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import tempfile
 from pathlib import Path
@@ -48,8 +49,15 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
     aws = settings.aws()
     import_handler_modules(settings.handler_modules)
     device = choose_device(settings.device)
-    with tempfile.TemporaryDirectory(prefix="conveyor-models-") as scratch:
-        cache_dir = Path(settings.cache_dir) if settings.cache_dir else Path(scratch)
+    # INFER_CACHE_DIR keeps verified artifacts across restarts; without it, a temporary
+    # directory lives as long as the worker.
+    scratch = (
+        contextlib.nullcontext(settings.cache_dir)
+        if settings.cache_dir
+        else tempfile.TemporaryDirectory(prefix="conveyor-models-")
+    )
+    with scratch as where:
+        cache_dir = Path(where)
         async with AwsClients(aws) as clients:
             sqs = await clients.sqs()
             jobs_url = await resolve_queue_url(sqs, aws, topology.infer_queue(model).name)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -69,7 +70,7 @@ async def chaos_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) ->
     return chaos
 
 
-async def test_chaos(chaos_stack: Stack) -> None:
+async def test_chaos(chaos_stack: Stack, tmp_path: Path) -> None:
     stack = chaos_stack
     assert stack.restart_database is not None
     rng = random.Random(20261129)
@@ -81,6 +82,8 @@ async def test_chaos(chaos_stack: Stack) -> None:
             **quick,
             "INFER_HANDLER_MODULES": "tests.models",
             "INFER_MAX_BATCH_WAIT_S": "0.01",
+            # A SIGKILLed worker cannot remove a temporary cache: keep it under pytest's.
+            "INFER_CACHE_DIR": str(tmp_path / "models"),
         },
         "persist": {**quick, "CHAOS_DELETE_FAILURE_RATE": "0.3"},
         "notify": {**quick, "NOTIFY_RETRY_SCHEDULE_S": "0.5,0.5,1,1,2"},
