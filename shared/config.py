@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     HttpUrl,
     SecretStr,
@@ -63,6 +64,18 @@ def _check_database_url(value: SecretStr) -> SecretStr:
 DatabaseUrl = Annotated[SecretStr, AfterValidator(_check_database_url)]
 
 
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# A list in one environment variable: "a, b,c". NoDecode stops pydantic-settings from
+# reading it as JSON first.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
+CommaFloats = Annotated[tuple[float, ...], NoDecode, BeforeValidator(_comma_separated)]
+
+
 class _CommonEnv(EnvSettingsSource):
     """Unprefixed environment variables, for the fields every service shares."""
 
@@ -97,7 +110,7 @@ class CommonSettings(BaseSettings):
         default="conveyor",
         description="the resource name prefix of this stack: 2-24 of a-z, 0-9 and '-'",
     )
-    conveyor_models: Annotated[tuple[str, ...], NoDecode] = Field(
+    conveyor_models: CommaList = Field(
         default=(DEFAULT_MODEL,),
         description="a comma-separated list of the model names this stack serves",
     )
@@ -138,13 +151,6 @@ class CommonSettings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", description="console (people) or json (log collectors)"
     )
-
-    @field_validator("conveyor_models", mode="before")
-    @classmethod
-    def _split_models(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> CommonSettings:
@@ -257,7 +263,7 @@ class IngestSettings(CommonSettings):
         default=False,
         description="accept loopback and private callback URLs (development and tests only)",
     )
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+    cors_origins: CommaList = Field(
         default=(), description="comma-separated origins allowed by CORS (default: none)"
     )
     outbox_poll_s: float = Field(
@@ -282,13 +288,6 @@ class IngestSettings(CommonSettings):
         ge=86_400.0,
         description="how long Idempotency-Key answers are kept, in seconds (at least 86400)",
     )
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
-        return value
 
     @field_validator("cors_origins")
     @classmethod
@@ -335,20 +334,13 @@ class InferSettings(CommonSettings):
     concurrency: int = Field(
         default=64, ge=1, le=1000, description="jobs (SQS messages) held in flight at once"
     )
-    handler_modules: Annotated[tuple[str, ...], NoDecode] = Field(
+    handler_modules: CommaList = Field(
         default=(),
         description="comma-separated Python modules that register extra model handlers",
     )
     cache_dir: str | None = Field(
         default=None, description="where pulled model artifacts are cached (default: a temp dir)"
     )
-
-    @field_validator("handler_modules", mode="before")
-    @classmethod
-    def _split_modules(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
     @model_validator(mode="after")
     def _check_model(self) -> InferSettings:
@@ -381,7 +373,7 @@ class NotifySettings(CommonSettings):
     webhook_secret: SecretStr = Field(
         description="the signing secret: whsec_ followed by base64 of 24-64 random bytes"
     )
-    retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
+    retry_schedule_s: CommaFloats = Field(
         default=(5, 300, 1800, 7200, 18000, 36000, 36000),
         description="comma-separated seconds before each retry; after the last, give up",
     )
@@ -393,13 +385,6 @@ class NotifySettings(CommonSettings):
         default=False,
         description="deliver to loopback and private addresses too (development and tests only)",
     )
-
-    @field_validator("retry_schedule_s", mode="before")
-    @classmethod
-    def _split_schedule(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(float(part) for part in value.split(",") if part.strip())
-        return value
 
     @model_validator(mode="after")
     def _schedule_fits_redrive(self) -> NotifySettings:
