@@ -1,7 +1,5 @@
 """``python -m emulator``: the same as ``conveyor emulator``, with the same options."""
 
-import sys
+from emulator.cli import main
 
-from shared.cli import app
-
-app(["emulator", *sys.argv[1:]], prog_name="python -m emulator")
+main()

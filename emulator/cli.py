@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args
 
 import anyio
+import typer
 
 from emulator.backend import BackendUnavailable
 from emulator.harness import AwsBackendName, EmulatorOptions, PostgresBackendName
@@ -15,7 +16,31 @@ from shared.aws.provision import AccessKey
 from shared.config import AdminSettings, load_settings
 from shared.errors import ConveyorError
 
-__all__ = ["run_dev_command", "run_emulator"]
+__all__ = ["emulator_command", "main", "run_dev_command", "run_emulator"]
+
+
+def emulator_command(
+    env_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the export lines to this file (mode 0600; removed at exit)."),
+    ] = None,
+    aws: Annotated[str, typer.Option(help="moto, localstack or external")] = "moto",
+    postgres: Annotated[
+        str | None, typer.Option(help="embedded, url or container (default: embedded)")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(envvar="DATABASE_URL", help="Use this PostgreSQL.")
+    ] = None,
+) -> None:
+    """Start the offline AWS topology and PostgreSQL; print `export` lines; run until Ctrl-C."""
+    run_emulator(env_file=env_file, aws=aws, postgres=postgres, database_url=database_url)
+
+
+def main() -> None:
+    """``python -m emulator``: the one command, under its own name."""
+    app = typer.Typer(add_completion=False)
+    app.command()(emulator_command)
+    app(prog_name="python -m emulator")
 
 
 def run_emulator(

@@ -51,7 +51,7 @@ async def test_provision_command_creates_a_stack_on_an_external_endpoint(stack: 
         "CONVEYOR_PREFIX": "provcmd",
         "CONVEYOR_MODELS": "tiny",
     }
-    result = await anyio.to_thread.run_sync(run_module, ["shared.cli", "provision"], env)
+    result = await anyio.to_thread.run_sync(run_module, ["conveyor", "provision"], env)
     assert result.returncode == 0, result.stderr
     for name in (
         "provcmd-infer-tiny",

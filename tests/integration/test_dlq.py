@@ -316,7 +316,7 @@ async def test_cli_lists_shows_and_redrives(dlq_stack: Stack) -> None:
         await drive_to_dlq(sqs, target.source_url, target.dlq_url, len(bodies))
 
     async def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return await anyio.to_thread.run_sync(run_module, ["shared.dlq_cli", *args], env)
+        return await anyio.to_thread.run_sync(run_module, ["conveyor.cli.dlq", *args], env)
 
     listed = await cli("list")
     assert listed.returncode == 0, listed.stderr
@@ -333,7 +333,7 @@ async def test_cli_lists_shows_and_redrives(dlq_stack: Stack) -> None:
     # Without --yes it asks; a "no" moves nothing.
     declined = await anyio.to_thread.run_sync(
         lambda: subprocess.run(
-            [PYTHON, "-m", "shared.dlq_cli", "redrive", target.spec.name],
+            [PYTHON, "-m", "conveyor.cli.dlq", "redrive", target.spec.name],
             env=subprocess_env(env),
             cwd=REPO,
             input="n\n",

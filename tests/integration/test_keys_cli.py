@@ -1,4 +1,4 @@
-"""``python -m services.ingest.keys_cli`` (``conveyor keys``) as the operator runs it."""
+"""``python -m conveyor.cli.keys`` (``conveyor keys``) as the operator runs it."""
 
 import re
 import subprocess
@@ -14,7 +14,7 @@ from tests.processes import run_module
 
 pytestmark = pytest.mark.anyio
 
-CLI = "services.ingest.keys_cli"
+CLI = "conveyor.cli.keys"
 KEY = re.compile(r"cvk_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
 
 

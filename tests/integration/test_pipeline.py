@@ -297,7 +297,7 @@ async def test_a_job_redriven_from_the_dlq_completes(pipeline: Pipeline) -> None
                     break
     env = {**pipeline.stack.common_env(), **pipeline.stack.credential_env("admin")}
     result = await anyio.to_thread.run_sync(
-        run_module, ["shared.cli", "dlq", "redrive", f"infer-{TINY}", "--yes"], env
+        run_module, ["conveyor", "dlq", "redrive", f"infer-{TINY}", "--yes"], env
     )
     assert result.returncode == 0, result.stdout + result.stderr
     await pipeline.restart("infer-tiny")

@@ -34,7 +34,7 @@ from tests.webhook_receiver import ReceivedRequest, WebhookReceiver
 
 pytestmark = pytest.mark.anyio
 
-CLI = "services.notify.webhooks_cli"
+CLI = "conveyor.cli.webhooks"
 SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{43}=")
 DATA = {"job_id": "x", "status": "succeeded", "outputs": [[0.5]]}
 

@@ -49,7 +49,7 @@ def tiny(tmp_path: Path) -> Path:
 def test_the_registry_side_does_not_import_torch() -> None:
     """The CLI and the registry stay light: torch costs seconds to import."""
     code = (
-        "import sys, services.infer.registry, services.infer.models_cli; "
+        "import sys, services.infer.registry, conveyor.cli.models; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([PYTHON, "-c", code], env=subprocess_env({}), check=True, timeout=60)

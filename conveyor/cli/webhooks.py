@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
+from conveyor.cli.support import admin_database, run, when
 from services.notify import endpoints
-from shared.cli_support import admin_database, run, when
 
 __all__ = ["webhooks_app"]
 

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from conveyor.cli.support import run
 from services.infer.manifest import DEFAULT_MODEL_KIND
-from shared.cli_support import run
 from shared.config import AdminSettings, load_settings
 
 __all__ = ["models_app"]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared.cli_support import run
+from conveyor.cli.support import run
 from shared.config import AdminSettings, load_settings
 
 __all__ = ["dlq_app"]

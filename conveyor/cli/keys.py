@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from conveyor.cli.support import admin_database, run, when
 from shared import apikeys
-from shared.cli_support import admin_database, run, when
 
 __all__ = ["keys_app"]
 
