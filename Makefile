@@ -6,6 +6,9 @@ VENV ?= .venv
 # torch first, pinned, so that pip takes the CPU build that lies on this kind of machine
 # instead of resolving an open range to a multi-GB CUDA build (see README).
 TORCH_SPEC ?= torch==2.13.0
+# checkov (tests/deploy) pins boto3/botocore versions aiobotocore cannot run with: it gets a
+# virtualenv of its own inside $(VENV).
+CHECKOV_SPEC ?= checkov==3.3.30
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -39,6 +42,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet "$(CHECKOV_SPEC)"
 	touch $@
 
 clean:

@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline.py [--jobs 100] [--concurrency 16] [--texts-per-job 1]
 
-Starts the stack as `make dev` does (emulator, PostgreSQL, the four services as processes),
+Starts the stack as `make dev` does (the same DevStack: emulator, PostgreSQL, the services),
 submits the jobs over HTTP, waits for every one to finish, and prints: jobs/s end to end, the
 time to submit, the latency from acceptance to the start of inference and to the final state
 (median, p95), and the mean batch infer formed (from its Prometheus counters). Asserts nothing.
@@ -17,14 +17,11 @@ import statistics
 import time
 
 import anyio
-import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from emulator import Emulator, EmulatorOptions
-from emulator.dev import service_specs
-from emulator.processes import Supervisor
-from shared.apikeys import create_key
+from emulator.devstack import DevOptions, DevStack
 
 
 def free_port() -> int:
@@ -59,17 +56,11 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    port, metrics_port = free_port(), free_port()
+    metrics_port = free_port()
     extra = {"infer": {"INFER_METRICS_PORT": str(metrics_port)}}
-    async with Emulator(EmulatorOptions()) as stack, Supervisor() as supervisor:
-        async with anyio.create_task_group() as tg:
-            for spec in service_specs(stack, http_port=port, extra=extra):
-                tg.start_soon(supervisor.start, spec)
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            api_key, _ = await create_key(conn, "benchmark", "benchmarks/pipeline.py")
-        finally:
-            await conn.close()
+    options = DevOptions(http_port=0, extra=extra, tenant="benchmark")
+    async with Emulator(EmulatorOptions()) as stack, DevStack(stack, options) as dev:
+        api_key, port = dev.api_key, dev.http_port
         inputs = texts(args.jobs * args.texts_per_job)
         limiter = anyio.CapacityLimiter(args.concurrency)
         ids: list[str] = []

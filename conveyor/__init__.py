@@ -1,7 +1,53 @@
-"""Conveyor's public face: the ``conveyor`` command line (:mod:`conveyor.cli`).
+"""Conveyor's public face: the Python client (:mod:`conveyor.client`) and the ``conveyor``
+command line (:mod:`conveyor.cli`).
 
-This package is the composition root: it may import ``services`` and ``emulator``;
-``shared`` never imports it.
+    from conveyor import Client, AsyncClient, verify_webhook
+
+This package is the composition root: the command line may import ``services`` and
+``emulator``; ``shared`` never imports it. ``import conveyor`` itself loads only the client,
+which imports none of them (nor torch, nor boto), so that users' programs stay light.
 """
 
-__all__: list[str] = []
+from conveyor.client import (
+    Accepted,
+    ApiError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ConveyorError,
+    InvalidWebhook,
+    Job,
+    JobFailed,
+    JobInput,
+    JobStatus,
+    ModelNotDeployed,
+    NotFound,
+    RetryPolicy,
+    TransportError,
+    Vector,
+    WaitTimeout,
+    WebhookEvent,
+    verify_webhook,
+)
+
+__all__ = [
+    "Accepted",
+    "ApiError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ConveyorError",
+    "InvalidWebhook",
+    "Job",
+    "JobFailed",
+    "JobInput",
+    "JobStatus",
+    "ModelNotDeployed",
+    "NotFound",
+    "RetryPolicy",
+    "TransportError",
+    "Vector",
+    "WaitTimeout",
+    "WebhookEvent",
+    "verify_webhook",
+]

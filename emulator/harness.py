@@ -6,16 +6,20 @@
 
 Start-up: the AWS backend starts (moto in-process on 127.0.0.1 by default, IAM enforced),
 PostgreSQL starts (embedded unless a URL is given) while the topology is provisioned with the
-administrator key, one IAM user and key per service; then the schema migrations run.
-Shutdown undoes all of it, leaving no process and no temporary directory behind.
+administrator key, one IAM user and key per service; then the schema migrations run and each
+service with a database gets a login role of its own (``shared/db/roles.py``), as it gets an
+IAM key of its own. Shutdown undoes all of it, leaving no process and no temporary directory
+behind.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import secrets
-from collections.abc import Awaitable, Callable
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -34,8 +38,9 @@ from shared.aws.clients import AwsClients
 from shared.aws.provision import AccessKey, Provisioned, provision
 from shared.config import AwsSettings
 from shared.db import migrate
+from shared.db.roles import GROUPS, credentials_of, drop_login, ensure_login, login_url
 from shared.errors import leaves
-from shared.topology import SERVICES, Topology
+from shared.topology import OBSERVER, SERVICES, Topology
 
 __all__ = ["Emulator", "EmulatorOptions", "Stack", "add_topology"]
 
@@ -65,6 +70,7 @@ class Stack:
 
     endpoint: AwsEndpoint
     database_url: str
+    """The operator's URL: the owner of the schema, who migrates (tests set up with it)."""
     topology: Topology
     provisioned: Provisioned
     webhook_secret: str = field(repr=False, default="")
@@ -73,6 +79,8 @@ class Stack:
         default=None, repr=False, compare=False
     )
     """Stop PostgreSQL, stay down the given seconds, start it again (embedded only)."""
+    database_logins: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Each service with a database -> the URL of its own login role (infer has none)."""
 
     @property
     def admin(self) -> AwsSettings:
@@ -85,7 +93,6 @@ class Stack:
     def common_env(self) -> dict[str, str]:
         env = {
             "AWS_REGION": self.endpoint.region,
-            "DATABASE_URL": self.database_url,
             "CONVEYOR_PREFIX": self.topology.prefix,
             "CONVEYOR_MODELS": ",".join(self.topology.models),
             "CONVEYOR_MAX_RECEIVE_COUNT": str(self.topology.max_receive_count),
@@ -96,17 +103,21 @@ class Stack:
         return env
 
     def credential_env(self, service: str) -> dict[str, str]:
-        """``<SERVICE>_AWS_ACCESS_KEY_ID`` / ``..._SECRET_ACCESS_KEY`` for one identity."""
+        """One identity's own credentials, behind its prefix: its AWS key pair
+        (``<SERVICE>_AWS_ACCESS_KEY_ID`` / ``..._SECRET_ACCESS_KEY``) and its database login
+        (``<SERVICE>_DATABASE_URL``; ``ADMIN_DATABASE_URL`` is the operator's; infer has none)."""
+        prefix = service.upper()
+        env: dict[str, str] = {}
+        database = self.database_url if service == "admin" else self.database_logins.get(service)
+        if database:
+            env[f"{prefix}_DATABASE_URL"] = database
         key = (
             self.endpoint.admin if service == "admin" else self.provisioned.credentials.get(service)
         )
-        if key is None:
-            return {}
-        prefix = service.upper()
-        return {
-            f"{prefix}_AWS_ACCESS_KEY_ID": key.access_key_id,
-            f"{prefix}_AWS_SECRET_ACCESS_KEY": key.secret_access_key,
-        }
+        if key is not None:
+            env[f"{prefix}_AWS_ACCESS_KEY_ID"] = key.access_key_id
+            env[f"{prefix}_AWS_SECRET_ACCESS_KEY"] = key.secret_access_key
+        return env
 
     def secret_env(self, service: str) -> dict[str, str]:
         if service == "notify" and self.webhook_secret:
@@ -114,13 +125,15 @@ class Stack:
         return {}
 
     def dev_env(self, service: str) -> dict[str, str]:
-        """What only a development stack sets: callbacks to loopback are allowed."""
+        """What only a development stack sets: callbacks to loopback (and nothing else) are
+        allowed."""
         if service in ("ingest", "notify"):
-            return {f"{service.upper()}_ALLOW_PRIVATE_CALLBACKS": "true"}
+            return {f"{service.upper()}_ALLOW_LOOPBACK_CALLBACKS": "true"}
         return {}
 
     def service_env(self, service: str) -> dict[str, str]:
-        """The whole environment ``python -m services.<service>`` needs (and only its keys)."""
+        """The whole environment ``python -m services.<service>`` needs, with only its own
+        keys and database login (none for infer)."""
         return {
             **self.common_env(),
             **self.credential_env(service),
@@ -128,14 +141,19 @@ class Stack:
             **self.dev_env(service),
         }
 
-    def exports(self) -> list[str]:
-        """Everything, for a shell: common values, then each identity's key pair."""
+    def export_env(self) -> dict[str, str]:
+        """Everything: common values, then each identity's credentials (its key pair and its
+        database URL: ``ADMIN_DATABASE_URL``, ``INGEST_DATABASE_URL``...)."""
         env = self.common_env()
-        for identity in (*SERVICES, "admin"):
+        for identity in (*SERVICES, OBSERVER, "admin"):
             env.update(self.credential_env(identity))
             env.update(self.secret_env(identity))
             env.update(self.dev_env(identity))
-        return [f"export {name}={value}" for name, value in env.items()]
+        return env
+
+    def exports(self) -> list[str]:
+        """:meth:`export_env` for a shell (quoted: a database URL holds ``?``)."""
+        return [f"export {name}={shlex.quote(value)}" for name, value in self.export_env().items()]
 
 
 class Emulator:
@@ -174,6 +192,7 @@ class Emulator:
             endpoint: AwsEndpoint | None = None
             provisioned: Provisioned | None = None
             database_url = ""
+            logins: dict[str, str] = {}
 
             async def start_aws() -> None:
                 nonlocal endpoint, provisioned
@@ -192,6 +211,9 @@ class Emulator:
                 conn = await asyncpg.connect(database_url)
                 try:
                     await migrate(conn)
+                    if isinstance(pg_backend, ExternalPostgres):  # the others vanish whole
+                        self._stack.push_async_callback(_drop_logins, database_url, logins)
+                    logins.update(await _make_logins(conn, database_url))
                 finally:
                     await conn.close()
 
@@ -210,7 +232,13 @@ class Emulator:
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         restart = pg_backend.restart if isinstance(pg_backend, EmbeddedPostgres) else None
         self.stack = Stack(
-            endpoint, database_url, self.options.topology, provisioned, secret, restart
+            endpoint,
+            database_url,
+            self.options.topology,
+            provisioned,
+            secret,
+            restart,
+            database_logins=dict(logins),
         )
         return self.stack
 
@@ -242,6 +270,32 @@ def _settings(endpoint: AwsEndpoint, key: AccessKey | None) -> AwsSettings:
 
 def _admin_settings(endpoint: AwsEndpoint) -> AwsSettings:
     return _settings(endpoint, endpoint.admin)
+
+
+async def _make_logins(conn: asyncpg.Connection, database_url: str) -> dict[str, str]:
+    """A login role per service with a database, named and keyed for this stack alone (the
+    roles of a cluster are shared by every stack on it): service -> its URL."""
+    logins = {}
+    for service in GROUPS:
+        user = f"{service}_{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(24)
+        await ensure_login(conn, service, user, password)
+        logins[service] = login_url(database_url, user, password)
+    return logins
+
+
+async def _drop_logins(database_url: str, logins: Mapping[str, str]) -> None:
+    """Leave a server the emulator did not start without the logins it made there."""
+    with (
+        anyio.move_on_after(10),
+        contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+    ):
+        conn = await asyncpg.connect(database_url)
+        try:
+            for url in logins.values():
+                await drop_login(conn, credentials_of(url)[0])
+        finally:
+            await conn.close()
 
 
 async def add_topology(stack: Stack, topology: Topology, *, seed: bool = True) -> Stack:

@@ -13,7 +13,9 @@ that names each variable, what was expected and (for non-secrets) what was given
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -44,6 +46,7 @@ __all__ = [
     "InferSettings",
     "IngestSettings",
     "NotifySettings",
+    "ObserverSettings",
     "PersistSettings",
     "load_settings",
 ]
@@ -87,6 +90,9 @@ class CommonSettings(BaseSettings):
     """What every service and tool needs: AWS access, the topology, logging."""
 
     service: ClassVar[str] = ""
+    retired: ClassVar[Mapping[str, str]] = {}
+    """Fields no longer read -> the field that replaced them. A variable still set for one
+    stops the start: ignoring it would quietly change what the operator asked for."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
 
@@ -151,6 +157,25 @@ class CommonSettings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", description="console (people) or json (log collectors)"
     )
+    log_summary_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="seconds between activity summary lines (logged only when work was done)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired(cls, data: Any) -> Any:
+        set_names = {name.upper() for name in os.environ}
+        for old, new in cls.retired.items():
+            if (name := cls.env_names(old)) in set_names:
+                info = cls.model_fields[new]
+                raise ValueError(
+                    f"{name} is no longer read: unset it and use {cls.env_names(new)} "
+                    f"({info.description})"
+                )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> CommonSettings:
@@ -195,15 +220,44 @@ class CommonSettings(BaseSettings):
         return tuple(sources)
 
     @classmethod
+    def env_variables(cls) -> dict[str, str]:
+        """Every environment variable this class reads, with the field each one sets."""
+        names: dict[str, str] = {}
+        for field, info in cls.model_fields.items():
+            if isinstance(info.validation_alias, str):  # read by that one name only
+                names[info.validation_alias.upper()] = field
+                continue
+            if field in _COMMON_FIELDS or not cls.service:
+                names[field.upper()] = field
+            if cls.service:
+                names[f"{cls.service}_{field}".upper()] = field
+        return names
+
+    @classmethod
     def env_names(cls, field: str) -> str:
         """How a field is spelled in the environment, for error messages."""
+        alias = cls.model_fields[field].validation_alias if field in cls.model_fields else None
+        if isinstance(alias, str):
+            return alias.upper()
         prefixed = f"{cls.service}_{field}".upper() if cls.service else ""
         if field in _COMMON_FIELDS:
             return f"{prefixed} or {field.upper()}" if prefixed else field.upper()
         return prefixed or field.upper()
 
 
-_COMMON_FIELDS = frozenset(CommonSettings.model_fields) | {"database_url"}
+class _InputLimits(CommonSettings):
+    """The limits on one job's inputs. ingest refuses a bigger submission (422); infer fails
+    a bigger job taken from its queue, which producers other than ingest can reach. Declared
+    once so the two cannot drift: ``MAX_INPUTS`` sets both services, ``INGEST_MAX_INPUTS`` or
+    ``INFER_MAX_INPUTS`` one of them."""
+
+    max_inputs: int = Field(default=256, ge=1, description="the most inputs one job may carry")
+    max_input_chars: int = Field(
+        default=20_000, ge=1, description="the most characters one input may have"
+    )
+
+
+_COMMON_FIELDS = frozenset(_InputLimits.model_fields) | {"database_url"}
 
 
 class AwsSettings:
@@ -239,8 +293,9 @@ _DB_DESCRIPTION = (
 )
 
 
-class IngestSettings(CommonSettings):
+class IngestSettings(_InputLimits):
     service: ClassVar[str] = "ingest"
+    retired: ClassVar[Mapping[str, str]] = {"allow_private_callbacks": "allow_loopback_callbacks"}
 
     database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
     http_host: str = Field(default="127.0.0.1", description="the address the HTTP API binds")
@@ -252,16 +307,15 @@ class IngestSettings(CommonSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="the largest request body accepted, in bytes"
     )
-    max_inputs: int = Field(default=256, ge=1, description="the most inputs one job may carry")
-    max_input_chars: int = Field(
-        default=20_000, ge=1, description="the most characters one input may have"
-    )
     max_wait_s: float = Field(
         default=30.0, ge=0, le=120, description="the longest ?wait= a status read may hold"
     )
-    allow_private_callbacks: bool = Field(
+    allow_loopback_callbacks: bool = Field(
         default=False,
-        description="accept loopback and private callback URLs (development and tests only)",
+        description=(
+            "accept callback URLs on loopback (127.0.0.0/8, ::1, localhost) and nothing else "
+            "non-public (development and tests only)"
+        ),
     )
     cors_origins: CommaList = Field(
         default=(), description="comma-separated origins allowed by CORS (default: none)"
@@ -308,7 +362,7 @@ class IngestSettings(CommonSettings):
         return origins
 
 
-class InferSettings(CommonSettings):
+class InferSettings(_InputLimits):
     service: ClassVar[str] = "infer"
 
     model: str | None = Field(
@@ -368,6 +422,7 @@ class PersistSettings(CommonSettings):
 
 class NotifySettings(CommonSettings):
     service: ClassVar[str] = "notify"
+    retired: ClassVar[Mapping[str, str]] = {"allow_private_callbacks": "allow_loopback_callbacks"}
 
     database_url: DatabaseUrl = Field(description=_DB_DESCRIPTION)
     webhook_secret: SecretStr = Field(
@@ -381,9 +436,12 @@ class NotifySettings(CommonSettings):
         default=10.0, gt=0, le=60, description="seconds one webhook request may take"
     )
     concurrency: int = Field(default=32, ge=1, le=1000, description="deliveries in flight")
-    allow_private_callbacks: bool = Field(
+    allow_loopback_callbacks: bool = Field(
         default=False,
-        description="deliver to loopback and private addresses too (development and tests only)",
+        description=(
+            "deliver to loopback addresses (127.0.0.0/8, ::1) too, and to no other non-public "
+            "address (development and tests only)"
+        ),
     )
 
     @model_validator(mode="after")
@@ -415,12 +473,54 @@ class NotifySettings(CommonSettings):
         return value
 
 
+def _login_url(service: str) -> Any:
+    return Field(
+        default=None,
+        validation_alias=f"{service}_database_url",
+        description=(
+            f"the {service} identity's own database URL; `conveyor provision` and `conveyor "
+            f"migrate` make its user a login of the conveyor_{service} role with its password"
+        ),
+    )
+
+
+class ObserverSettings(CommonSettings):
+    """Read-only operators' views (``conveyor top``): ``OBSERVER_`` prefix.
+
+    Its AWS identity may read queue depths only (``Topology.observer_statements``); its
+    database login only states, models, timestamps and delivery outcomes (migration 0010).
+    """
+
+    service: ClassVar[str] = "observer"
+
+    database_url: DatabaseUrl | None = Field(default=None, description=_DB_DESCRIPTION)
+
+
 class AdminSettings(CommonSettings):
-    """The operator's tools (``conveyor provision``, ``conveyor dlq``): ``ADMIN_`` prefix."""
+    """The operator's tools (``conveyor provision``, ``conveyor dlq``): ``ADMIN_`` prefix.
+
+    ``database_url`` is the operator's own (the owner of the schema, who migrates). The
+    services' URLs are read under the names the services read them by (``INGEST_DATABASE_URL``
+    ...): provisioning makes each one's user a login role of that service's group.
+    """
 
     service: ClassVar[str] = "admin"
 
     database_url: DatabaseUrl | None = Field(default=None, description=_DB_DESCRIPTION)
+    ingest_database_url: DatabaseUrl | None = _login_url("ingest")
+    persist_database_url: DatabaseUrl | None = _login_url("persist")
+    notify_database_url: DatabaseUrl | None = _login_url("notify")
+    observer_database_url: DatabaseUrl | None = _login_url("observer")
+
+    def service_database_urls(self) -> dict[str, SecretStr]:
+        """The services' (and the observer's) URLs given to this tool: identity -> URL."""
+        given = {
+            "ingest": self.ingest_database_url,
+            "persist": self.persist_database_url,
+            "notify": self.notify_database_url,
+            "observer": self.observer_database_url,
+        }
+        return {service: url for service, url in given.items() if url is not None}
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

@@ -25,8 +25,11 @@ Refused (exactly the list in the project's FACTS, Webhooks/SSRF):
 ``ipaddress``'s ``is_global`` is not used: it calls ``2002:a9fe:a9fe::`` global, though that
 address carries 169.254.169.254.
 
-``allow_private=True`` (development and tests only) skips the address rules and keeps the
-rest. Errors:
+``allow_loopback=True`` (development and tests only) also lets through loopback and nothing
+else: 127.0.0.0/8, ::1, the IPv4-mapped ::ffff:127.x.y.z, and the names ``localhost`` and
+``*.localhost`` (whose answers must then be loopback too). Every other range above stays
+refused in every mode: a development stack must not reach the cloud metadata address or a
+private network either. Errors:
 
     ConveyorError
     └── CallbackRefused     a callback address is not allowed (retrying cannot help)
@@ -51,6 +54,7 @@ __all__ = [
     "Resolver",
     "check_url",
     "classify",
+    "is_loopback",
     "parse_host",
     "resolve_and_check",
     "system_resolver",
@@ -98,6 +102,8 @@ _IPV6: Final = tuple(
 )
 
 _NAT64: Final = IPv6Network("64:ff9b::/96")
+_LOOPBACK_V4: Final = IPv4Network("127.0.0.0/8")
+_LOOPBACK_V6: Final = IPv6Network("::1/128")
 
 # What C's inet_aton accepts: digits, hex digits after 0x, and dots.
 _INET_ATON_CHARS: Final = frozenset("0123456789abcdefxABCDEFX.")
@@ -117,6 +123,25 @@ def classify(address: IPAddress) -> str | None:
         if inner is not None:
             return f"{label} embedding {embedded}: {inner}"
     return None
+
+
+def is_loopback(address: IPAddress) -> bool:
+    """True for what ``allow_loopback`` lets through: 127.0.0.0/8, ::1 and ::ffff:127.x.y.z
+    (an IPv4-mapped address is the IPv4 address to the socket layer). Not the other IPv6
+    wrappings: NAT64, 6to4 and Teredo addresses are routed off this host."""
+    if isinstance(address, IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is None:
+            return address in _LOOPBACK_V6
+        address = mapped
+    return address in _LOOPBACK_V4
+
+
+def _refusal(address: IPAddress, *, allow_loopback: bool) -> str | None:
+    """Why ``address`` is refused under these rules, or None."""
+    if allow_loopback and is_loopback(address):
+        return None
+    return classify(address)
 
 
 def _embedded_ipv4(address: IPv6Address) -> list[tuple[str, IPv4Address]]:
@@ -171,7 +196,7 @@ def parse_host(host: str) -> IPAddress | None:
     return IPv4Address(packed)
 
 
-def check_url(url: str, *, allow_private: bool) -> str | None:
+def check_url(url: str, *, allow_loopback: bool) -> str | None:
     """None when ``url`` may be a callback, else why not (one line that never quotes the URL,
     which may carry credentials). Needs no DNS: a name is checked when it is resolved.
 
@@ -192,14 +217,13 @@ def check_url(url: str, *, allow_private: bool) -> str | None:
         return "the URL has no host"
     if parsed.port is not None and not 0 < parsed.port < 65536:
         return f"port {parsed.port} is out of range"
-    if allow_private:
-        return None
     host = parsed.raw_host.decode("ascii")
     if host == "localhost" or host.endswith(".localhost"):
-        return f"{host} is a loopback name (RFC 6761)"
+        # Its answers are checked when it is resolved, like any name's.
+        return None if allow_loopback else f"{host} is a loopback name (RFC 6761)"
     literal = parse_host(host)
     if literal is not None:
-        reason = classify(literal)
+        reason = _refusal(literal, allow_loopback=allow_loopback)
         if reason is not None:
             return _literal_refusal(host, literal, reason)
     return None
@@ -219,7 +243,7 @@ async def resolve_and_check(
     host: str,
     port: int,
     *,
-    allow_private: bool,
+    allow_loopback: bool,
     resolver: Resolver = system_resolver,
 ) -> list[IPAddress]:
     """The addresses ``host`` stands for, once resolved and all checked: connect to one of
@@ -232,7 +256,7 @@ async def resolve_and_check(
     """
     literal = parse_host(host)
     if literal is not None:
-        if not allow_private and (reason := classify(literal)) is not None:
+        if (reason := _refusal(literal, allow_loopback=allow_loopback)) is not None:
             raise CallbackRefused(_literal_refusal(host, literal, reason))
         return [literal]
     addresses: list[IPAddress] = []
@@ -245,10 +269,9 @@ async def resolve_and_check(
             addresses.append(address)
     if not addresses:
         raise socket.gaierror(socket.EAI_NONAME, f"{host} resolved to no address")
-    if not allow_private:
-        for address in addresses:
-            if (reason := classify(address)) is not None:
-                raise CallbackRefused(f"{host} resolves to {address}: {reason}")
+    for address in addresses:
+        if (reason := _refusal(address, allow_loopback=allow_loopback)) is not None:
+            raise CallbackRefused(f"{host} resolves to {address}: {reason}")
     return addresses
 
 

@@ -1,8 +1,10 @@
 """The one way every service process starts, runs and stops.
 
 ``main(settings_cls, body)`` loads the settings (a configuration error ends the process with
-status 2 and a message naming each variable), configures logging, runs ``body`` until it
-returns or SIGTERM/SIGINT arrives, and exits 0 after a clean stop.
+status 2 and a message naming each variable), configures logging (every line names the
+service) and tracing (:mod:`shared.tracing`: exported only where ``OTEL_EXPORTER_OTLP_ENDPOINT``
+asks), serves Prometheus metrics on ``METRICS_PORT`` when it is set, runs ``body`` until it
+returns or SIGTERM/SIGINT arrives, exports the spans left, and exits 0 after a clean stop.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import anyio
 
 from shared.config import CommonSettings, load_settings
 from shared.errors import ConfigError, ConveyorError, leaves
+from shared.lifeline import exit_with_supervisor
 from shared.telemetry import configure_logging, get_logger
+from shared.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main"]
 
@@ -30,12 +34,14 @@ Body = Callable[[S, anyio.Event], Awaitable[None]]
 def main(settings_cls: type[S], body: Body[S]) -> int:
     """Run a service; ``body(settings, stopping)`` should return soon after ``stopping``."""
     name = settings_cls.service
+    exit_with_supervisor()
     try:
         settings = load_settings(settings_cls)
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)  # noqa: T201 - logging is not configured yet
         return EXIT_CONFIG
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, service=name)
+    configure_tracing(name)
     log = get_logger(name)
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -74,6 +80,7 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         # exit into a killed one.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        shutdown_tracing()
     for failure in failures:
         log.error("failed", error=str(failure))
     if failures:

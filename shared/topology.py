@@ -17,12 +17,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from shared.errors import TopologyError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "OBSERVER",
     "SERVICES",
     "Arns",
     "BucketSpec",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 SERVICES: Final = ("ingest", "infer", "persist", "notify")
+OBSERVER: Final = "observer"
+"""The read-only identity of an operator's view (``conveyor top``): queue depths, job counts,
+delivery outcomes; never a message, a payload or a secret."""
 DEFAULT_MODEL: Final = "all-minilm-l6-v2"
 
 # A prefix and a model name both end up in queue names (80 characters, [A-Za-z0-9_-]) and
@@ -52,6 +56,8 @@ _CONSUME: Final = (
     "sqs:GetQueueAttributes",
 )
 _PUBLISH: Final = ("sqs:SendMessage", "sqs:GetQueueUrl")
+# The object naming a model's deployed version, ``<name>/LATEST`` (services.infer.manifest).
+MODEL_POINTER: Final = "LATEST"
 # ingest reads queue depth for backpressure (429 when a model's backlog is too deep).
 _PUBLISH_AND_MEASURE: Final = (*_PUBLISH, "sqs:GetQueueAttributes")
 
@@ -98,10 +104,18 @@ class QueueSpec:
             "MessageRetentionPeriod": str(self.retention_s),
             # Long polling by default; consumers also ask for it per call.
             "ReceiveMessageWaitTimeSeconds": "20",
+            "SqsManagedSseEnabled": "true",
         }
 
-    def dlq_attributes(self) -> dict[str, str]:
-        return {"MessageRetentionPeriod": str(self.dlq_retention_s)}
+    def dlq_attributes(self, source_arn: str) -> dict[str, str]:
+        """CreateQueue attributes of the DLQ: only its own source may redrive into it."""
+        return {
+            "MessageRetentionPeriod": str(self.dlq_retention_s),
+            "SqsManagedSseEnabled": "true",
+            "RedriveAllowPolicy": json.dumps(
+                {"redrivePermission": "byQueue", "sourceQueueArns": [source_arn]}
+            ),
+        }
 
     def redrive_policy(self, dlq_arn: str) -> str:
         return json.dumps(
@@ -116,6 +130,10 @@ class BucketSpec:
     name: str
     expire_after_days: int | None = None
     """Objects older than this are deleted by a lifecycle rule (claim-checked payloads)."""
+    versioned: bool = False
+    """Keep every version of every object (model artifacts: a bad push can be undone)."""
+    sse_algorithm: Literal["AES256", "aws:kms"] = "AES256"
+    """Default encryption at rest (SSE-S3)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +168,9 @@ class Topology:
     its queue redrives later; poison still reaches its DLQ."""
     retention_s: int = 4 * _DAY
     dlq_retention_s: int = 14 * _DAY
-    infer_visibility_timeout_s: int = 120
+    infer_visibility_timeout_s: int = 30
+    """Held messages are extended by the consumer's heartbeat, so this only bounds how long the
+    messages of a worker that died wait before another takes them: short is better."""
     visibility_timeout_s: int = 30
     payload_expiry_days: int = 7
     _queues: Mapping[str, QueueSpec] = field(init=False, repr=False, compare=False)
@@ -238,7 +258,7 @@ class Topology:
 
     @property
     def models_bucket(self) -> BucketSpec:
-        return BucketSpec("models", f"{self.prefix}-models")
+        return BucketSpec("models", f"{self.prefix}-models", versioned=True)
 
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
@@ -252,8 +272,11 @@ class Topology:
         return f"{self.prefix}-{service}"
 
     def statements(self, service: str, arns: Arns) -> tuple[Statement, ...]:
-        """Exactly the actions and resources ``service`` needs, and nothing else."""
+        """Exactly the actions and resources ``service`` (or the observer) needs, and nothing
+        else."""
         self._check_service(service)
+        if service == OBSERVER:
+            return self.observer_statements(arns)
         infer_queues = tuple(arns.queue(q.name) for q in self.infer_queues)
         results = (arns.queue(self.results_queue.name),)
         notify = (arns.queue(self.notify_queue.name),)
@@ -261,7 +284,15 @@ class Topology:
         if service == "ingest":
             return (
                 Statement("EnqueueJobs", _PUBLISH_AND_MEASURE, infer_queues),
-                Statement("ClaimCheckPayloads", ("s3:PutObject", "s3:GetObject"), payloads),
+                # Write only: ingest's relay offloads large payloads and never reads one back.
+                Statement("ClaimCheckPayloads", ("s3:PutObject",), payloads),
+                # Whether a model has a deployed version (its LATEST pointer), and nothing
+                # else of the models bucket: jobs for an undeployed model are refused.
+                Statement(
+                    "ReadModelPointers",
+                    ("s3:GetObject",),
+                    (f"{arns.bucket(self.models_bucket.name)}/*/{MODEL_POINTER}",),
+                ),
             )
         if service == "infer":
             models = self.models_bucket.name
@@ -283,13 +314,32 @@ class Topology:
             Statement("ReadPayloads", ("s3:GetObject",), payloads),
         )
 
+    def observer_statements(self, arns: Arns) -> tuple[Statement, ...]:
+        """Read the depth of every queue and dead-letter queue: what ``conveyor top`` shows."""
+        queues = tuple(arns.queue(name) for q in self.queues for name in (q.name, q.dlq_name))
+        return (
+            Statement("ReadQueueDepths", ("sqs:GetQueueUrl", "sqs:GetQueueAttributes"), queues),
+        )
+
     def policy_document(self, service: str, arns: Arns) -> dict[str, Any]:
-        return {
-            "Version": "2012-10-17",
-            "Statement": [s.to_json() for s in self.statements(service, arns)],
-        }
+        return _document(self.statements(service, arns))
+
+    def scaler_statements(self, arns: Arns) -> tuple[Statement, ...]:
+        """What a queue-depth autoscaler (the KEDA operator) may do: read the depth of the
+        work queues, and nothing else: it never sees a message."""
+        queues = tuple(arns.queue(q.name) for q in self.queues)
+        return (Statement("ReadQueueDepth", ("sqs:GetQueueAttributes",), queues),)
+
+    def scaler_policy_document(self, arns: Arns) -> dict[str, Any]:
+        return _document(self.scaler_statements(arns))
 
     @staticmethod
     def _check_service(service: str) -> None:
-        if service not in SERVICES:
-            raise TopologyError(f"unknown service {service!r} (services: {', '.join(SERVICES)})")
+        if service not in SERVICES and service != OBSERVER:
+            raise TopologyError(
+                f"unknown service {service!r} (services: {', '.join(SERVICES)}; {OBSERVER})"
+            )
+
+
+def _document(statements: tuple[Statement, ...]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [s.to_json() for s in statements]}

@@ -26,7 +26,8 @@ def provision() -> None:
     """Create the topology's queues, DLQs and buckets; apply the schema migrations.
 
     Uses ADMIN_AWS_* (or AWS_*) credentials, AWS_ENDPOINT_URL, AWS_REGION and CONVEYOR_*;
-    migrates the database at ADMIN_DATABASE_URL (or DATABASE_URL) when one is set.
+    migrates the database at ADMIN_DATABASE_URL (or DATABASE_URL) when one is set, and makes
+    the login of each service whose INGEST_/PERSIST_/NOTIFY_DATABASE_URL is set.
     """
     from shared.aws import AwsClients
     from shared.aws.provision import provision as apply
@@ -40,32 +41,42 @@ def provision() -> None:
         for bucket in settings.topology().buckets:
             typer.echo(f"bucket {bucket.name}")
         if settings.database_url is not None:
-            await _migrate(settings.database_url.get_secret_value())
+            await _migrate(settings)
 
     run(go)
 
 
 def migrate() -> None:
-    """Apply the schema migrations to ADMIN_DATABASE_URL (or DATABASE_URL)."""
+    """Apply the schema migrations to ADMIN_DATABASE_URL (or DATABASE_URL); make the login of
+    each service whose INGEST_/PERSIST_/NOTIFY_DATABASE_URL is set."""
 
     async def go() -> None:
-        settings = load_settings(AdminSettings)
-        if settings.database_url is None:
-            raise ConfigError("ADMIN_DATABASE_URL or DATABASE_URL is not set")
-        await _migrate(settings.database_url.get_secret_value())
+        await _migrate(load_settings(AdminSettings))
 
     run(go)
 
 
-async def _migrate(url: str) -> None:
+async def _migrate(settings: AdminSettings) -> None:
+    """Migrate as the operator, then give each service whose URL is set its login role."""
     import asyncpg
 
     from shared.db import migrate as apply_migrations
+    from shared.db.roles import GROUPS, credentials_of, ensure_login
 
-    conn = await asyncpg.connect(url)
+    if settings.database_url is None:
+        raise ConfigError("ADMIN_DATABASE_URL or DATABASE_URL is not set")
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
         applied = await apply_migrations(conn)
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
+        typer.echo(f"migrations applied: {names}")
+        for service, url in settings.service_database_urls().items():
+            user, password = credentials_of(url.get_secret_value())
+            try:
+                await ensure_login(conn, service, user, password)
+            except ValueError as exc:
+                variable = AdminSettings.env_names(f"{service}_database_url")
+                raise ConfigError(f"{variable}: {exc}") from None
+            typer.echo(f"database login {user} for {service} (role {GROUPS[service]})")
     finally:
         await conn.close()
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
-    typer.echo(f"migrations applied: {names}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -14,7 +16,30 @@ import typer
 from shared.config import AdminSettings, load_settings
 from shared.errors import ConfigError, ConveyorError
 
-__all__ = ["admin_database", "run", "when"]
+__all__ = ["admin_database", "run", "use_running_stack", "when"]
+
+
+def use_running_stack() -> Path | None:
+    """Take the running dev stack's environment (``make dev``), if there is one.
+
+    Its values win over the shell's for the names it sets (a stale ``CONVEYOR_API_KEY`` from
+    an earlier stack must not send a command to the wrong place); ``CONVEYOR_STACK_ENV=none``
+    turns this off, ``CONVEYOR_STACK_ENV=path`` picks a file. Says on stderr which it used.
+    """
+    from emulator.stackfile import find_stack_env, read_env_file
+
+    try:
+        path = find_stack_env()
+        if path is None:
+            return None
+        values = read_env_file(path)
+    except (ConveyorError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    os.environ.update(values)
+    where = values.get("CONVEYOR_API_URL", values.get("AWS_ENDPOINT_URL", ""))
+    typer.echo(f"using the dev stack at {where} ({path})", err=True)
+    return path
 
 
 def run(fn: Callable[[], Awaitable[None]]) -> None:

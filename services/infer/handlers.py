@@ -48,7 +48,8 @@ class ModelHandler(Protocol):
     kind: ClassVar[str]
 
     def cost(self, text: str) -> int:
-        """Tokens of one input, for the batch token budget."""
+        """Tokens of one input as the model sees it (after truncation to the model's maximum
+        length, as ``predict`` truncates), for the batch token budget."""
         ...
 
     def predict(self, inputs: list[str]) -> list[list[float]]:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+import anyio
 import anyio.to_thread
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -53,6 +54,7 @@ __all__ = [
     "list_models",
     "push_model",
     "resolve_version",
+    "wait_for_version",
 ]
 
 CHUNK_BYTES = 1 << 20
@@ -188,6 +190,39 @@ async def resolve_version(clients: AwsClients, bucket: str, name: str, version: 
                 f"{_push_hint(name)}"
             ) from None
     return version
+
+
+async def wait_for_version(
+    clients: AwsClients,
+    bucket: str,
+    name: str,
+    version: str | None,
+    stopping: anyio.Event,
+    *,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 5.0,
+) -> str | None:
+    """:func:`resolve_version`, waiting while the model has no such version; None if
+    ``stopping`` is set first.
+
+    A worker started before its model is pushed waits rather than crash-looping: it logs
+    once, at warning, what to run, and looks again with a backoff of at most ``max_delay_s``,
+    so a push is picked up within seconds.
+    """
+    delay = first_delay_s
+    warned = False
+    while True:
+        try:
+            return await resolve_version(clients, bucket, name, version)
+        except ModelNotFound as exc:
+            if not warned:
+                log.warning("waiting for a deployed version of the model", model=name, why=str(exc))
+                warned = True
+        with anyio.move_on_after(delay):
+            await stopping.wait()
+        if stopping.is_set():
+            return None
+        delay = min(delay * 2, max_delay_s)
 
 
 async def fetch_model(

@@ -6,37 +6,35 @@ collected, or the first has waited ``max_batch_wait_s``; the model then runs onc
 worker thread (never on the event loop), one call at a time per device. If a model call
 raises, its jobs are run again one by one, so only the job that caused the failure fails and
 the others of the batch succeed.
+
+Traces: a batch serves many jobs, each with its own trace. The batch is a span of its own
+(``model batch``) linked to the span of every job in it; each job gets a ``model call`` child
+span with the call's times, linked back to the batch. Metrics: :mod:`services.infer.metrics`.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
-from prometheus_client import Counter, Histogram
+from opentelemetry import trace
 
 from services.infer.handlers import ModelHandler
+from services.infer.metrics import (
+    BATCH_ITEMS,
+    BATCH_JOBS,
+    BATCH_TOKENS,
+    ISOLATED,
+    MODEL_CALL_DURATION,
+    MODEL_CALLS,
+)
 from shared.batching import Batcher
+from shared.tracing import tracer
 
 __all__ = ["Job", "ModelFailure", "ModelRunner", "RunnerStats"]
-
-MODEL_CALLS = Counter("conveyor_infer_model_calls_total", "Model calls (batches) made")
-BATCH_ITEMS = Histogram(
-    "conveyor_infer_batch_items",
-    "Inputs per model call",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-)
-ISOLATED = Counter(
-    "conveyor_infer_isolated_failures",
-    "Model calls that failed and were re-run job by job to find the failing job",
-)
-BATCH_JOBS = Histogram(
-    "conveyor_infer_batch_jobs",
-    "Jobs (SQS messages) sharing one batch",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
 
 
 class ModelFailure(Exception):
@@ -48,6 +46,8 @@ class Job:
     job_id: uuid.UUID
     inputs: list[str]
     cost: int
+    span: trace.SpanContext | None = None
+    """The job's span that waits for the batch: the batch links to it."""
 
 
 @dataclass
@@ -78,8 +78,11 @@ class ModelRunner:
         max_batch_items: int,
         max_batch_tokens: int,
         max_batch_wait_s: float,
+        model: str = "",
     ) -> None:
         self.handler = handler
+        self.model = model
+        """The model's name, for the metrics' ``model`` label and the spans."""
         self.max_batch_items = max_batch_items
         self.stats = RunnerStats()
         # One model call at a time: a device runs one batch well, not two badly.
@@ -97,7 +100,14 @@ class ModelRunner:
         self._batcher.start(tg)
 
     def job(self, job_id: uuid.UUID, inputs: list[str]) -> Job:
-        return Job(job_id, inputs, sum(self.handler.cost(text) for text in inputs))
+        """A job for :meth:`run`, tied to the current span (the job's)."""
+        context = trace.get_current_span().get_span_context()
+        return Job(
+            job_id,
+            inputs,
+            sum(self.handler.cost(text) for text in inputs),
+            context if context.is_valid else None,
+        )
 
     async def run(self, job: Job) -> list[list[float]]:
         """The job's outputs, one per input; raises ModelFailure if the model refused it."""
@@ -105,34 +115,82 @@ class ModelRunner:
 
     async def _run_batch(self, jobs: list[Job]) -> list[list[list[float]] | BaseException]:
         texts = [text for job in jobs for text in job.inputs]
-        try:
-            outputs = await self._predict(texts)
-        except Exception as exc:
-            if len(jobs) == 1:
-                return [ModelFailure(f"{type(exc).__name__}: {exc}")]
-            # Which job broke the batch? Run each alone; the others still succeed.
-            self.stats.isolations += 1
-            ISOLATED.inc()
-            results: list[list[list[float]] | BaseException] = []
-            for job in jobs:
-                results.extend(await self._run_batch([job]))
-            return results
+        tokens = sum(job.cost for job in jobs)
+        attributes: dict[str, str | int] = {
+            "conveyor.model": self.model,
+            "conveyor.batch_jobs": len(jobs),
+            "conveyor.batch_items": len(texts),
+            "conveyor.batch_tokens": tokens,
+        }
+        links = [trace.Link(job.span) for job in jobs if job.span is not None]
+        # Its own trace (the batcher's task has no current span); a re-run after a failure
+        # is a child of the failed batch.
+        with tracer().start_as_current_span(
+            "model batch", links=links, attributes=attributes, record_exception=False
+        ) as batch:
+            began = time.time_ns()
+            try:
+                outputs = await self._predict(texts)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                batch.set_status(trace.Status(trace.StatusCode.ERROR, error))
+                if len(jobs) == 1:
+                    self._trace_jobs(jobs, batch, began, attributes, error)
+                    return [ModelFailure(error)]
+                # Which job broke the batch? Run each alone; the others still succeed.
+                self.stats.isolations += 1
+                ISOLATED.labels(self.model).inc()
+                batch.set_attribute("conveyor.isolated", True)
+                results: list[list[list[float]] | BaseException] = []
+                for job in jobs:
+                    results.extend(await self._run_batch([job]))
+                return results
+            self._trace_jobs(jobs, batch, began, attributes)
         results = []
         start = 0
         for job in jobs:
             results.append(outputs[start : start + len(job.inputs)])
             start += len(job.inputs)
-        BATCH_JOBS.observe(len(jobs))
+        BATCH_JOBS.labels(self.model).observe(len(jobs))
+        BATCH_TOKENS.labels(self.model).observe(tokens)
         return results
+
+    def _trace_jobs(
+        self,
+        jobs: list[Job],
+        batch: trace.Span,
+        began_ns: int,
+        attributes: dict[str, str | int],
+        error: str | None = None,
+    ) -> None:
+        """A ``model call`` span in each job's trace, with the batch's times, linked to it."""
+        ended_ns = time.time_ns()
+        link = [trace.Link(batch.get_span_context())]
+        for job in jobs:
+            if job.span is None:
+                continue
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(job.span))
+            span = tracer().start_span(
+                "model call",
+                context=parent,
+                links=link,
+                attributes=attributes,
+                start_time=began_ns,
+            )
+            if error is not None:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+            span.end(end_time=ended_ns)
 
     async def _predict(self, texts: list[str]) -> list[list[float]]:
         outputs: list[list[float]] = []
         for start in range(0, len(texts), self.max_batch_items):
             chunk = texts[start : start + self.max_batch_items]
             self._record(len(chunk))
+            began = time.perf_counter()
             result = await anyio.to_thread.run_sync(
                 self.handler.predict, chunk, limiter=self._device
             )
+            MODEL_CALL_DURATION.labels(self.model).observe(time.perf_counter() - began)
             if len(result) != len(chunk):
                 raise RuntimeError(f"the model returned {len(result)} outputs for {len(chunk)}")
             outputs.extend(result)
@@ -145,5 +203,5 @@ class ModelRunner:
         stats.largest_call = max(stats.largest_call, size)
         if len(stats.call_sizes) < 100_000:
             stats.call_sizes.append(size)
-        MODEL_CALLS.inc()
-        BATCH_ITEMS.observe(size)
+        MODEL_CALLS.labels(self.model).inc()
+        BATCH_ITEMS.labels(self.model).observe(size)

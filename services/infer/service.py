@@ -1,11 +1,17 @@
 """infer: pulls jobs of one model in batches, runs the model, publishes results.
 
-Start-up: resolve the model version (INFER_MODEL_VERSION or the latest pushed), fetch and
-verify its artifacts from the models bucket, load the handler on the chosen device (CUDA when
-present, else CPU), then receive. Each message is one job; concurrent handlers feed the
-dynamic batcher (:mod:`services.infer.runner`); each job's result (succeeded with outputs,
-or failed with the model's error) is published to the results queue, claim-checked when
-large, before the job's message is deleted.
+Start-up: resolve the model version (INFER_MODEL_VERSION or the latest pushed; until one is
+pushed, wait for it, saying once what to run), fetch and verify its artifacts from the models
+bucket, load the handler on the chosen device (CUDA when present, else CPU), then receive.
+Each message is one job; concurrent handlers feed the dynamic batcher
+(:mod:`services.infer.runner`); each job's result (succeeded with outputs, or failed with the
+model's error) is published to the results queue, claim-checked when large, before the job's
+message is deleted. A job over the input limits
+(:mod:`services.infer.limits`) fails without reaching the model.
+
+Each job's trace continues here (:func:`shared.observe.handling`): ``infer job.requested``,
+with a ``batch`` child for its wait in the batcher and its ``model call``; the messages it
+sends carry that span's context. Metrics: :mod:`services.infer.metrics`.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ import tempfile
 from pathlib import Path
 
 import anyio
+from opentelemetry import trace
 
 from services.infer.handlers import choose_device, import_handler_modules, load_handler
-from services.infer.registry import fetch_model, resolve_version
+from services.infer.limits import over_limits
+from services.infer.metrics import JOBS, MODEL_INFO, MODEL_LOAD
+from services.infer.registry import fetch_model, wait_for_version
 from services.infer.runner import ModelFailure, ModelRunner
+from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import InferSettings
 from shared.messages import (
+    Envelope,
     JobRequest,
     JobResult,
     JobStarted,
@@ -31,8 +42,10 @@ from shared.messages import (
     MessageType,
     PoisonMessage,
 )
+from shared.observe import handling
 from shared.sqs import Publisher, ReceivedMessage, SqsConsumer
 from shared.telemetry import get_logger
+from shared.tracing import traceparent, tracer
 
 __all__ = ["run"]
 
@@ -63,10 +76,17 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
             jobs_url = await resolve_queue_url(sqs, aws, topology.infer_queue(model).name)
             results_url = await resolve_queue_url(sqs, aws, topology.results_queue.name)
             bucket = topology.models_bucket.name
-            version = await resolve_version(clients, bucket, model, settings.model_version)
+            # Started before its model was pushed: wait for the push, not crash-loop.
+            version = await wait_for_version(
+                clients, bucket, model, settings.model_version, stopping
+            )
+            if version is None:  # stopped while waiting
+                return
             manifest, directory = await fetch_model(clients, bucket, model, version, cache_dir)
             began = anyio.current_time()
             handler = await anyio.to_thread.run_sync(load_handler, manifest.kind, directory, device)
+            MODEL_LOAD.labels(model).set(anyio.current_time() - began)
+            MODEL_INFO.labels(model, version, manifest.kind, str(device)).set(1)
             log.info(
                 "model loaded",
                 model=model,
@@ -80,31 +100,22 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 max_batch_items=settings.max_batch_items,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_batch_wait_s=settings.max_batch_wait_s,
+                model=model,
             )
             claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
             results = Publisher(sqs, aws, results_url)
+            activity = Activity(
+                log, interval_s=settings.log_summary_s, names=("jobs_succeeded", "jobs_failed")
+            )
 
-            async def handle(message: ReceivedMessage) -> None:
-                envelope, request = await claims.read(
-                    message.body, MessageType.JOB_REQUESTED, JobRequest
-                )
-                if request.model != model:
-                    raise PoisonMessage(f"a job for model {request.model!r} in {model!r}'s queue")
-                started = _now()
-                running = await claims.seal(
-                    MessageType.JOB_STARTED,
-                    job_id=envelope.job_id,
-                    tenant=envelope.tenant,
-                    traceparent=envelope.traceparent,
-                    payload=JobStarted(model=model, model_version=version, started_at=started),
-                )
-                await results.publish(running.model_dump_json())
-                outputs: list[list[float]] | None = None
-                error: str | None = None
-                try:
-                    outputs = await runner.run(runner.job(envelope.job_id, request.inputs))
-                except ModelFailure as exc:  # the job fails; the message is done
-                    error = str(exc)
+            async def finish(
+                envelope: Envelope,
+                request: JobRequest,
+                started: datetime.datetime,
+                outputs: list[list[float]] | None,
+                error: str | None,
+            ) -> None:
+                """Publish the job's result: its outputs, or the error it failed with."""
                 result = JobResult(
                     status=JobStatus.SUCCEEDED if error is None else JobStatus.FAILED,
                     model=model,
@@ -119,17 +130,65 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                     MessageType.JOB_RESULT,
                     job_id=envelope.job_id,
                     tenant=envelope.tenant,
-                    traceparent=envelope.traceparent,
+                    traceparent=traceparent(),
                     payload=result,
                 )
                 await results.publish(sealed.model_dump_json())
+                activity.count("jobs_succeeded" if error is None else "jobs_failed")
+                log.debug("job done", job_id=str(envelope.job_id), status=result.status.value)
+
+            async def handle(message: ReceivedMessage) -> None:
+                envelope, request = await claims.read(
+                    message.body, MessageType.JOB_REQUESTED, JobRequest
+                )
+                if request.model != model:
+                    raise PoisonMessage(f"a job for model {request.model!r} in {model!r}'s queue")
+                with handling("infer", envelope, message, model=model):
+                    await run_job(envelope, request)
+
+            async def run_job(envelope: Envelope, request: JobRequest) -> None:
+                started = _now()
+                refused = over_limits(
+                    request.inputs,
+                    max_inputs=settings.max_inputs,
+                    max_input_chars=settings.max_input_chars,
+                )
+                if refused is not None:  # queued -> failed; never tokenised nor run
+                    log.warning("job refused", job_id=str(envelope.job_id), reason=refused)
+                    await finish(envelope, request, started, None, f"refused: {refused}")
+                    JOBS.labels(model, "refused").inc()
+                    return
+                running = await claims.seal(
+                    MessageType.JOB_STARTED,
+                    job_id=envelope.job_id,
+                    tenant=envelope.tenant,
+                    traceparent=traceparent(),
+                    payload=JobStarted(model=model, model_version=version, started_at=started),
+                )
+                await results.publish(running.model_dump_json())
+                outputs: list[list[float]] | None = None
+                error: str | None = None
+                # Waiting for company, then the model call: the batch links to this span.
+                with tracer().start_as_current_span("batch", record_exception=False) as span:
+                    try:
+                        outputs = await runner.run(runner.job(envelope.job_id, request.inputs))
+                    except ModelFailure as exc:  # the job fails; the message is done
+                        error = str(exc)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+                await finish(envelope, request, started, outputs, error)
+                JOBS.labels(model, "succeeded" if error is None else "failed").inc()
 
             consumer = SqsConsumer.for_service(
                 settings, sqs, jobs_url, handle, concurrency=settings.concurrency
             )
+            activity.watch(consumer.stats.totals)
+            activity.watch(
+                lambda: {"model_calls": runner.stats.model_calls, "inputs": runner.stats.items}
+            )
             async with anyio.create_task_group() as tg:
                 runner.start(tg)
                 results.start(tg)
+                tg.start_soon(activity.run)
                 log.info("ready", model=model, version=version, queue=jobs_url.rsplit("/", 1)[-1])
                 await consumer.run(stopping)
                 tg.cancel_scope.cancel()

@@ -3,12 +3,14 @@
     POST /v1/jobs              202 + Location: the job is recorded as queued, with its message
                                in the outbox (one transaction); the relay sends it to SQS.
                                ``Idempotency-Key`` makes retries safe (services.ingest.idempotency);
-                               429 + Retry-After while the model's backlog is over the limit
+                               429 + Retry-After while the model's backlog is over the limit;
+                               409 while the model has no deployed version (naming the push)
     GET  /v1/jobs/{job_id}     the job (tenant-scoped); ?wait=N holds the answer up to N s
                                until the job is final
     DELETE /v1/jobs/{job_id}   cancel a queued or running job: 200 + the job; 409 if final
     GET  /healthz              liveness, no dependencies
-    GET  /readyz               PostgreSQL and the queues answer, 2 s each
+    GET  /readyz               PostgreSQL and the queues answer, 2 s each; ``models`` says
+                               which models have no deployed version (not a failure)
     GET  /docs, /openapi.json  the OpenAPI description
 
 Every /v1 route needs an API key, ``Authorization: Bearer <key>``, which names the tenant the
@@ -23,6 +25,8 @@ queues' readiness is injected (``check_queues``); this module knows nothing of S
 answer is JSON, errors included (:mod:`services.ingest.errors`); an over-long body is refused
 before it is parsed (:mod:`services.ingest.body_limit`). A status read that waits is woken by
 the ``job_finished`` notification: its contract is in :mod:`services.ingest.waiting`.
+A submission is a span, the root of its job's trace, timed and its refusals counted by reason
+(:mod:`services.ingest.telemetry`); the job's envelope carries the span's context.
 """
 
 import datetime
@@ -35,8 +39,10 @@ from typing import Annotated, Any, Final
 
 import anyio
 import asyncpg
+import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -46,14 +52,19 @@ from services.ingest import idempotency, jobs, outbox
 from services.ingest.auth import ApiKeyAuth, TenantOf, key_tenants
 from services.ingest.backpressure import Backpressure, QueueDepth
 from services.ingest.body_limit import BodySizeLimit
+from services.ingest.deployed import DeployedModels, ModelDeployed, push_hint
 from services.ingest.errors import ErrorBody, ValidationErrorBody, add_error_handlers
 from services.ingest.jobs import JobView
+from services.ingest.metrics import JOBS_ACCEPTED
 from services.ingest.schemas import JobAccepted, Submission, submission_body
+from services.ingest.telemetry import SubmissionTelemetry, refuse
 from services.ingest.waiting import RECHECK_S, JobWaiters
+from shared.activity import Activity
 from shared.config import IngestSettings
 from shared.db import Connection, transaction
 from shared.messages import Envelope, JobRequest, MessageType
 from shared.telemetry import get_logger
+from shared.tracing import traceparent
 
 __all__ = ["CheckQueues", "Enqueue", "JobWaiters", "TenantOf", "create_app"]
 
@@ -83,6 +94,8 @@ def create_app(
     enqueue: Enqueue | None = None,
     tenant_of: TenantOf | None = None,
     queue_depth: QueueDepth | None = None,
+    model_deployed: ModelDeployed | None = None,
+    activity: Activity | None = None,
 ) -> FastAPI:
     """The API. ``pool`` belongs to the caller, which closes it after the app's lifespan has
     ended. ``tenant_of`` turns a presented API key into its tenant; by default the key is
@@ -94,7 +107,13 @@ def create_app(
     the job stays accepted, its message safe in the outbox.
 
     ``queue_depth(model)`` reads a model queue's messages for backpressure
-    (:mod:`services.ingest.backpressure`); without it only unsent outbox rows count."""
+    (:mod:`services.ingest.backpressure`); without it only unsent outbox rows count.
+
+    ``model_deployed(model)`` tells whether a model has a deployed version
+    (:mod:`services.ingest.deployed`); without it every model counts as deployed.
+
+    ``activity`` counts what the API does (accepted, refused, cancelled jobs); the caller
+    reports it (one log line per interval); by default the app's lifespan does."""
     waiters = JobWaiters(pool)
     topology = settings.topology()
     backpressure = Backpressure(
@@ -104,6 +123,9 @@ def create_app(
         limit=settings.max_backlog,
         cache_s=settings.backlog_cache_s,
     )
+    deployed = DeployedModels(model_deployed)
+    own_activity = activity is None
+    activity = activity or Activity(log, interval_s=settings.log_summary_s)
     read_submission = submission_body(settings)
     current_tenant = ApiKeyAuth(tenant_of or key_tenants(pool))
 
@@ -111,6 +133,8 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             await tg.start(waiters.run)
+            if own_activity:
+                await tg.start(activity.run)
             try:
                 yield
             finally:
@@ -134,7 +158,9 @@ def create_app(
             allow_headers=CORS_HEADERS,
             expose_headers=CORS_EXPOSED,
         )
+    app.add_middleware(SubmissionTelemetry)  # outermost: it sees every refusal
     app.state.job_waiters = waiters
+    app.state.activity = activity
     add_error_handlers(app)
 
     def status_url(request: Request, job_id: uuid.UUID) -> str:
@@ -163,7 +189,11 @@ def create_app(
             400: {"model": ErrorBody, "description": "the body is not JSON"},
             409: {
                 "model": ErrorBody,
-                "description": "a request with the same Idempotency-Key is still in progress",
+                "description": (
+                    "the model has no deployed version yet (the error names the push that "
+                    "deploys one), or a request with the same Idempotency-Key is still in "
+                    "progress"
+                ),
             },
             413: {"model": ErrorBody, "description": "the body is too large"},
             429: {"model": ErrorBody, "description": "the model's backlog is over its limit"},
@@ -188,6 +218,11 @@ def create_app(
         ] = None,
     ) -> JobAccepted | JSONResponse:
         job_id = uuid.uuid4()
+        # On every log line of this request (SubmissionTelemetry clears them afterwards).
+        structlog.contextvars.bind_contextvars(job_id=str(job_id), model=body.model)
+        trace.get_current_span().set_attributes(
+            {"conveyor.job_id": str(job_id), "conveyor.model": body.model}
+        )
         callback_url = None if body.callback_url is None else str(body.callback_url)
         job = JobRequest(
             model=body.model,
@@ -199,15 +234,28 @@ def create_app(
             type=MessageType.JOB_REQUESTED,
             job_id=job_id,
             tenant=tenant,
+            traceparent=traceparent(),  # this request's span: the job's trace starts here
             payload=job.model_dump(mode="json"),
         )
         message = envelope.model_dump_json()
         accepted = JobAccepted(id=job_id, status_url=status_url(request, job_id))
         key = idempotency_key
         digest = idempotency.request_hash(body.model_dump(mode="json"))
+        if not await deployed.deployed(body.model):
+            # 409, not 422: the request is valid and the same one succeeds once a version is
+            # pushed; it conflicts with the stack's state, which the operator can change.
+            activity.count("refused_not_deployed")
+            refuse(request, "not_deployed")
+            log.debug("job refused: no deployed version", model=body.model)
+            raise HTTPException(
+                409,
+                f"model '{body.model}' has no deployed version, so no worker can run its jobs; "
+                f"deploy one with {push_hint(body.model)}, then retry",
+            )
         try:
             backlog = await backpressure.over_limit(body.model)
         except _DB_UNAVAILABLE as exc:
+            refuse(request, "unavailable")
             log.warning("could not read the backlog", error_type=type(exc).__name__)
             raise HTTPException(
                 503,
@@ -215,7 +263,9 @@ def create_app(
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
         if backlog is not None:
-            log.info("job refused: backlog", model=body.model, backlog=backlog)
+            activity.count("refused_backlog")
+            refuse(request, "backlog")
+            log.debug("job refused: backlog", model=body.model, backlog=backlog)
             raise HTTPException(
                 429,
                 f"model '{body.model}' has {backlog} jobs waiting, over the limit of "
@@ -254,8 +304,10 @@ def create_app(
         try:
             saved = await transaction(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
         except asyncpg.LockNotAvailableError as exc:
+            refuse(request, "in_progress")
             raise _in_flight() from exc
         except _DB_UNAVAILABLE as exc:
+            refuse(request, "unavailable")
             log.warning("could not record job", error_type=type(exc).__name__)
             raise HTTPException(
                 503,
@@ -263,13 +315,19 @@ def create_app(
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
         if saved is not None:
-            return _replay(saved, digest)
+            refuse(request, "in_progress")  # if _replay finds the first still in flight
+            replay = _replay(saved, digest)
+            if replay.status_code == 422:
+                refuse(request, "key_reused")
+            return replay
         if enqueue is not None:
             try:
                 await enqueue(envelope)
             except Exception as exc:  # the message is committed; the relay will send it
                 log.warning("enqueue hook failed", job_id=str(job_id), error=str(exc))
-        log.info("job accepted", job_id=str(job_id), model=body.model, inputs=len(body.inputs))
+        activity.count("accepted")
+        JOBS_ACCEPTED.labels(body.model).inc()
+        log.debug("job accepted", job_id=str(job_id), model=body.model, inputs=len(body.inputs))
         response.headers["Location"] = accepted.status_url
         return accepted
 
@@ -340,7 +398,8 @@ def create_app(
             raise HTTPException(
                 409, f"job {job_id} is {job.status.value} and can no longer be cancelled"
             )
-        log.info("job cancelled", job_id=str(job_id))
+        activity.count("cancelled")
+        log.debug("job cancelled", job_id=str(job_id), model=job.model)
         return job
 
     @app.get("/healthz", summary="Liveness", response_model=dict[str, str])
@@ -353,6 +412,9 @@ def create_app(
         responses={503: {"description": "a dependency does not answer; checks names which"}},
     )
     async def readyz() -> JSONResponse:
+        """``models`` reports each served model; one without a deployed version does not make
+        the stack unready (its jobs are refused with a 409 that names the fix)."""
+
         async def database() -> None:
             async with pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
@@ -372,12 +434,22 @@ def create_app(
             else:
                 checks[name] = "ok"
 
+        models = dict.fromkeys(topology.models, "")
+
+        async def model(name: str) -> None:
+            deployed_now = await deployed.deployed(name)
+            models[name] = "deployed" if deployed_now else f"no deployed version: {push_hint(name)}"
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(probe, "database", database)
             tg.start_soon(probe, "queues", check_queues)
+            for name in topology.models:
+                tg.start_soon(model, name)
         if all(result == "ok" for result in checks.values()):
-            return JSONResponse({"status": "ok", "checks": checks})
-        return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
+            return JSONResponse({"status": "ok", "checks": checks, "models": models})
+        return JSONResponse(
+            {"status": "unavailable", "checks": checks, "models": models}, status_code=503
+        )
 
     return app
 

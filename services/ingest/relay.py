@@ -18,24 +18,35 @@ replicas' rows and a lost wake-up cost at most; it is one query on a partial ind
 rows, and needs no connection held to LISTEN (nor its reconnection logic). Every
 ``maintenance_every_s`` the relay also runs its maintenance tasks: pruning sent rows older than
 the retention, and whatever the service adds (expired idempotency keys).
+
+Each send is a ``relay send`` span in the job's trace (a child of the ``POST /v1/jobs`` span
+named by the stored envelope), and the message leaves with that span's ``traceparent`` and
+the send's time as ``created_at``: the envelope's timestamp says when it was sent, so infer's
+time in queue is the queue's, not the outbox's. Each send is timed as hop ``relay``.
 """
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
+from opentelemetry import trace
 
 from services.ingest import outbox
+from services.ingest.metrics import OUTBOX_RELAYED
 from services.ingest.outbox import OutboxRow
 from shared.claimcheck import ClaimCheck
 from shared.db import Connection
 from shared.messages import Envelope, JobRequest
+from shared.metrics import HOP_DURATION
 from shared.sqs import Publisher
 from shared.telemetry import get_logger
+from shared.tracing import context_from, traceparent, tracer
 
 __all__ = ["Maintenance", "Relay", "RelayPolicy", "Send", "sqs_send"]
 
@@ -48,6 +59,8 @@ log = get_logger("ingest")
 
 # Failures of the database that a later pass may cure.
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+MAX_MAINTENANCE_PASSES = 100
+"""Batches one maintenance run may remove per task (100 x 1,000 rows a minute)."""
 
 
 @dataclass(frozen=True)
@@ -69,17 +82,42 @@ def sqs_send(publishers: Mapping[str, Publisher], claims: ClaimCheck, threshold_
     carries the reference)."""
 
     async def send(queue: str, body: str) -> object:
-        if len(body.encode()) > threshold_bytes:
-            envelope = Envelope.model_validate_json(body)
-            sealed = await claims.seal(
-                envelope.type,
-                job_id=envelope.job_id,
-                tenant=envelope.tenant,
-                traceparent=envelope.traceparent,
-                payload=JobRequest.model_validate(envelope.payload),
-            )
-            body = sealed.model_dump_json()
-        return await publishers[queue].publish(body)
+        envelope = Envelope.model_validate_json(body)
+        began = time.perf_counter()
+        outcome = "failed"
+        with tracer().start_as_current_span(
+            "relay send",
+            context=context_from(envelope.traceparent),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "conveyor.job_id": str(envelope.job_id),
+                "messaging.system": "aws_sqs",
+                "messaging.destination.name": queue,
+            },
+        ):
+            try:
+                # Sent now, from this span: the receiver's queue wait and parent span.
+                envelope = envelope.model_copy(
+                    update={
+                        "traceparent": traceparent(),
+                        "created_at": datetime.datetime.now(datetime.UTC),
+                    }
+                )
+                body = envelope.model_dump_json()
+                if len(body.encode()) > threshold_bytes:
+                    sealed = await claims.seal(
+                        envelope.type,
+                        job_id=envelope.job_id,
+                        tenant=envelope.tenant,
+                        traceparent=envelope.traceparent,
+                        payload=JobRequest.model_validate(envelope.payload),
+                    )
+                    body = sealed.model_dump_json()
+                sent = await publishers[queue].publish(body)
+                outcome = "sent"
+                return sent
+            finally:
+                HOP_DURATION.labels("relay", outcome).observe(time.perf_counter() - began)
 
     return send
 
@@ -170,6 +208,8 @@ class Relay:
                 await outbox.mark_failed(conn, list(errors), first)
         self.sent += len(sent)
         self.failed += len(errors)
+        OUTBOX_RELAYED.labels("sent").inc(len(sent))
+        OUTBOX_RELAYED.labels("failed").inc(len(errors))
         if errors:
             log.warning(
                 "outbox relay: sends failed; they stay in the outbox",
@@ -198,16 +238,25 @@ class Relay:
         return errors
 
     async def maintain(self) -> None:
-        """Run each maintenance task once, in its own transaction; failures are logged."""
+        """Run each maintenance task until it has nothing left to remove (bounded), one batch
+        per transaction; failures are logged.
+
+        One batch per run would prune at most a batch a minute, fewer rows than a busy stack
+        writes: the tables would grow without end under sustained load.
+        """
         for task in self._maintenance:
+            removed = 0
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    removed = await task(conn)
+                for _ in range(MAX_MAINTENANCE_PASSES):
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        batch = await task(conn)
+                    removed += batch
+                    if not batch:
+                        break
             except _DB_ERRORS as exc:
                 log.warning("outbox relay: maintenance failed", error=type(exc).__name__)
-            else:
-                if removed:
-                    log.info("outbox relay: pruned", rows=removed)
+            if removed:
+                log.info("outbox relay: pruned", rows=removed)
 
     async def _prune(self, conn: Connection) -> int:
         return await outbox.prune(conn, self.policy.retention_s)

@@ -85,7 +85,7 @@ def submission_body(settings: IngestSettings) -> Callable[..., Awaitable[Submiss
             # The static half of the SSRF guard, so an obviously bad callback is a 422 now
             # rather than a failed delivery later; notify resolves and checks again.
             if url is not None:
-                reason = check_url(str(url), allow_private=settings.allow_private_callbacks)
+                reason = check_url(str(url), allow_loopback=settings.allow_loopback_callbacks)
                 if reason is not None:
                     raise PydanticCustomError(
                         "callback_refused", "callback_url is refused: {reason}", {"reason": reason}

@@ -4,8 +4,10 @@ per model.
 The API itself is :mod:`services.ingest.api`; this module gives it what it stands on: the
 database pool, the outbox relay (:mod:`services.ingest.relay`) with a publisher per model
 queue (payloads over the claim-check threshold travel through the payloads bucket), the
-readiness probe of the queues, and a uvicorn server whose shutdown follows the service's
-(SIGTERM: stop accepting, finish requests, one last relay pass, exit).
+readiness probe of the queues, whether a model has a deployed version (its ``LATEST`` pointer
+in the models bucket, the one object there ingest may read), the activity line, and a uvicorn
+server whose shutdown follows the service's (SIGTERM: stop accepting, finish requests, one last
+relay pass, exit).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from collections.abc import Generator
 import anyio
 import uvicorn
 
+from services.infer.manifest import latest_key
 from services.ingest import idempotency
 from services.ingest.api import create_app
 from services.ingest.relay import Relay, RelayPolicy, sqs_send
+from shared.activity import Activity
 from shared.aws import AwsClients, aws_errors, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import IngestSettings
 from shared.db import Connection, open_pool
+from shared.errors import AccessDenied, AwsError
 from shared.messages import Envelope
 from shared.sqs import Publisher
 from shared.telemetry import get_logger
@@ -88,6 +93,27 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
                 attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
             )
 
+        models_bucket = topology.models_bucket.name
+
+        async def model_deployed(model: str) -> bool:
+            """Whether ``<model>/LATEST`` is in the models bucket (ingest may read only that)."""
+            s3 = await clients.s3()
+            try:
+                with aws_errors(aws, resource=models_bucket):
+                    await s3.head_object(Bucket=models_bucket, Key=latest_key(model))
+            except AccessDenied:
+                # S3 answers a missing key with 403, not 404, to a caller without
+                # s3:ListBucket, which ingest is not granted (it would list every model file).
+                return False
+            except AwsError as exc:
+                if exc.code in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+            return True
+
+        activity = Activity(log, interval_s=settings.log_summary_s)
+        activity.watch(lambda: {"relayed": relay.sent, "relay_failures": relay.failed})
+
         async def wake_relay(_envelope: Envelope) -> None:
             relay.wake()
 
@@ -97,6 +123,8 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
             enqueue=wake_relay,
             check_queues=check_queues,
             queue_depth=queue_depth,
+            model_deployed=model_deployed,
+            activity=activity,
         )
         server = _Server(
             uvicorn.Config(
@@ -112,6 +140,7 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
             for publisher in publishers.values():
                 publisher.start(tg)
             await tg.start(relay.run)
+            await tg.start(activity.run)
 
             async def serve() -> None:
                 await server.serve()

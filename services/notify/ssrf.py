@@ -1,6 +1,6 @@
 """An httpx transport that reaches only public addresses, and only the ones it checked.
 
-    sender = WebhookSender(secret, timeout_s, transport=GuardedTransport(allow_private=False))
+    sender = WebhookSender(secret, timeout_s, transport=GuardedTransport(allow_loopback=False))
 
 For each request :class:`GuardedTransport`
 
@@ -52,7 +52,8 @@ _MAX_ADDRESSES_TRIED: Final = 4
 class GuardedTransport(httpx.AsyncBaseTransport):
     """See the module docstring. Closing it closes the transports it made; safe twice.
 
-    ``allow_private``: development and tests only; skips the address rules (not the others).
+    ``allow_loopback``: development and tests only; loopback addresses (127.0.0.0/8, ::1) pass
+    too, and nothing else does (see :mod:`shared.netguard`).
     ``resolver``: how names are resolved (tests give a scripted one). ``transport``: what makes
     the connections (default: httpx's, without proxies, TLS connections not kept alive);
     it receives requests already addressed to a checked IP. ``verify``: the TLS trust for the
@@ -62,13 +63,13 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        allow_private: bool = False,
+        allow_loopback: bool = False,
         resolver: Resolver = system_resolver,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
         max_connections: int = 100,
     ) -> None:
-        self._allow_private = allow_private
+        self._allow_loopback = allow_loopback
         self._resolver = resolver
         self._closed = False
         if transport is not None:
@@ -92,11 +93,11 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             )
 
     def __repr__(self) -> str:
-        return f"<GuardedTransport allow_private={self._allow_private}>"
+        return f"<GuardedTransport allow_loopback={self._allow_loopback}>"
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        problem = check_url(str(url), allow_private=self._allow_private)
+        problem = check_url(str(url), allow_loopback=self._allow_loopback)
         if problem is not None:
             refusal = CallbackRefused(problem)
             raise _refused(refusal, request) from refusal
@@ -106,7 +107,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             addresses = await resolve_and_check(
                 host,
                 url.port or (443 if https else 80),
-                allow_private=self._allow_private,
+                allow_loopback=self._allow_loopback,
                 resolver=self._resolver,
             )
         except CallbackRefused as exc:

@@ -21,6 +21,7 @@ __all__ = [
     "already_delivered",
     "attempts_so_far",
     "claim_delivery",
+    "job_model",
     "load_notification_data",
     "record_attempt",
     "release_delivery",
@@ -81,6 +82,12 @@ async def already_delivered(conn: Connection, job_id: uuid.UUID, event: str) -> 
         event,
     )
     return bool(found)
+
+
+async def job_model(conn: Connection, job_id: uuid.UUID) -> str | None:
+    """The job's model (for its log lines), or None when there is no such job."""
+    model: str | None = await conn.fetchval("SELECT model FROM jobs WHERE id = $1", job_id)
+    return model
 
 
 async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[str, Any] | None:

@@ -3,22 +3,28 @@
 A result for a job is recorded once: the ``results`` row has the job id as its key (a
 conflict means "already done") and the job's status only moves from a non-final state to a
 final one. A finished job is announced with ``pg_notify('job_finished', <job id>)``, which the
-ingest API's ``?wait=`` long-poll listens for; PostgreSQL delivers it at commit.
+ingest API's ``?wait=`` long-poll listens for; PostgreSQL delivers it at commit. Each job
+made final here is measured end to end, from its acceptance (``jobs.created_at``) to the
+commit (``conveyor_job_end_to_end_duration_seconds``, :mod:`services.persist.metrics`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
 import asyncpg
 from anyio.abc import TaskGroup
 
+from services.persist.metrics import JOB_DURATION
 from shared.batching import Batcher
 from shared.db import Connection, transaction
 from shared.messages import JobResult, JobStarted, JobStatus, PoisonMessage
+from shared.metrics import seconds_since
 
 __all__ = ["Recorded", "ResultWriter", "WriteRequest", "mark_running"]
 
@@ -43,9 +49,17 @@ _FINAL = [s.value for s in JobStatus if s.final]
 
 class ResultWriter:
     def __init__(
-        self, pool: asyncpg.Pool, *, max_items: int = 64, max_wait_s: float = 0.01
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_items: int = 64,
+        max_wait_s: float = 0.01,
+        models: Collection[str] | None = None,
     ) -> None:
+        """``models``: the model names the metrics may use as labels (others are ``other``);
+        None keeps every name."""
         self._pool = pool
+        self._models = None if models is None else frozenset(models)
         self._batcher: Batcher[WriteRequest, Recorded] = Batcher(
             self._write, max_items=max_items, max_wait_s=max_wait_s, concurrency=2
         )
@@ -57,17 +71,35 @@ class ResultWriter:
         return await self._batcher.submit(request)
 
     async def _write(self, batch: list[WriteRequest]) -> list[Recorded | BaseException]:
+        accepted: dict[uuid.UUID, datetime.datetime] = {}
         # One transaction for the batch, retried whole across a database restart.
-        return await transaction(self._pool, lambda conn: self._write_in(conn, batch))
+        outcomes = await transaction(self._pool, lambda conn: self._write_in(conn, batch, accepted))
+        committed = datetime.datetime.now(datetime.UTC)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            created = accepted.get(request.job_id)
+            if outcome is Recorded.NEW and created is not None:
+                model = request.result.model
+                if self._models is not None and model not in self._models:
+                    model = "other"
+                JOB_DURATION.labels(model, request.result.status.value).observe(
+                    seconds_since(created, committed)
+                )
+        return outcomes
 
     async def _write_in(
-        self, conn: Connection, batch: list[WriteRequest]
+        self,
+        conn: Connection,
+        batch: list[WriteRequest],
+        accepted: dict[uuid.UUID, datetime.datetime],
     ) -> list[Recorded | BaseException]:
+        """``accepted`` gets each job's acceptance time (for the end-to-end figure)."""
         outcomes: list[Recorded | BaseException] = []
         rows = await conn.fetch(
-            "SELECT id, tenant_id, status FROM jobs WHERE id = ANY($1::uuid[]) FOR UPDATE",
+            "SELECT id, tenant_id, status, created_at FROM jobs "
+            "WHERE id = ANY($1::uuid[]) FOR UPDATE",
             [r.job_id for r in batch],
         )
+        accepted.update((row["id"], row["created_at"]) for row in rows)
         jobs = {row["id"]: row for row in rows}
         fresh: list[WriteRequest] = []
         for request in batch:

@@ -9,6 +9,7 @@ import aioboto3
 from anyio.abc import AsyncResource
 from botocore.config import Config
 
+from shared.aws.instrument import instrument
 from shared.config import AwsSettings
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ class AwsClients(AsyncResource):
             ctx = self._session.client(  # type: ignore[call-overload]
                 name, endpoint_url=self.settings.endpoint_url, config=client_config()
             )
-            self._clients[name] = await self._stack.enter_async_context(ctx)
+            client = await self._stack.enter_async_context(ctx)
+            instrument(client)  # every call timed and its failures counted
+            self._clients[name] = client
         return self._clients[name]
 
     async def sqs(self) -> SQSClient:

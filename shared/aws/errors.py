@@ -31,7 +31,7 @@ from shared.errors import (
     Throttled,
 )
 
-__all__ = ["PROVISION_HINT", "aws_errors", "translate"]
+__all__ = ["PROVISION_HINT", "aws_errors", "error_reason", "exception_reason", "translate"]
 
 PROVISION_HINT = (
     "create it with `conveyor provision` against this endpoint, "
@@ -83,6 +83,26 @@ def _unwrap_xml(code: str, message: str) -> tuple[str, str]:
         code = found_code[1] if found_code else code
         message = found_message[1] if found_message else message
     return code, message or code
+
+
+def error_reason(code: str, status: int | None) -> str:
+    """A failed call's reason in a few words, for a metric's bounded ``reason`` label."""
+    if code in _QUEUE_MISSING or code in _BUCKET_MISSING or code.startswith("NoSuch"):
+        return "not_found"
+    if status == 404:
+        return "not_found"
+    if code in _DENIED or status == 403:
+        return "access_denied"
+    if code in _THROTTLED or status == 429:
+        return "throttled"
+    if status is not None and status >= 500:
+        return "server_error"
+    return "client_error"
+
+
+def exception_reason(exc: BaseException) -> str:
+    """The ``reason`` of a call that got no answer (the endpoint unreachable...)."""
+    return "unavailable" if isinstance(exc, _UNAVAILABLE) else "error"
 
 
 def translate(exc: Exception, aws: AwsSettings, resource: str | None = None) -> Exception:

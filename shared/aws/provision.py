@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from shared.aws.clients import AwsClients
 from shared.aws.errors import aws_errors
 from shared.errors import leaves
-from shared.topology import SERVICES, Arns, BucketSpec, QueueSpec, Topology
+from shared.topology import OBSERVER, SERVICES, Arns, BucketSpec, QueueSpec, Topology
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
@@ -54,7 +54,9 @@ async def provision(
     credentials: dict[str, AccessKey] = {}
 
     async def queue_pair(spec: QueueSpec) -> None:
-        dlq_url = await _ensure_queue(clients, spec.dlq_name, spec.dlq_attributes())
+        dlq_url = await _ensure_queue(
+            clients, spec.dlq_name, spec.dlq_attributes(arns.queue(spec.name))
+        )
         attributes = {
             **spec.attributes(),
             "RedrivePolicy": spec.redrive_policy(arns.queue(spec.dlq_name)),
@@ -74,7 +76,7 @@ async def provision(
             for bucket in topology.buckets:
                 tg.start_soon(_ensure_bucket, clients, bucket)
             if iam_users:
-                for service in SERVICES:
+                for service in (*SERVICES, OBSERVER):
                     tg.start_soon(user, service)
     except BaseExceptionGroup as group:  # report the first failure itself, not the group
         raise leaves(group)[0] from group
@@ -123,6 +125,18 @@ async def _ensure_bucket(clients: AwsClients, bucket: BucketSpec) -> None:
                 "RestrictPublicBuckets": True,
             },
         )
+        await s3.put_bucket_encryption(
+            Bucket=bucket.name,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": bucket.sse_algorithm}}
+                ]
+            },
+        )
+        if bucket.versioned:
+            await s3.put_bucket_versioning(
+                Bucket=bucket.name, VersioningConfiguration={"Status": "Enabled"}
+            )
         if bucket.expire_after_days is not None:
             await s3.put_bucket_lifecycle_configuration(
                 Bucket=bucket.name,

@@ -1,18 +1,56 @@
-"""The asyncpg pool every service opens, with the settings all of them want."""
+"""The asyncpg pool every service opens, with the settings all of them want.
+
+Every open pool is watched by a Prometheus collector, read at each scrape:
+
+    conveyor_db_pool_connections        connections open now
+    conveyor_db_pool_idle_connections   of those, the idle ones (free to acquire)
+    conveyor_db_pool_max_connections    the most the pool may open
+
+Saturation is ``(connections - idle) / max``: at 1, a query waits for a connection. A process
+normally holds one pool; with several (tests), the figures are their sums.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import SecretStr
 
 __all__ = ["Connection", "open_pool"]
 
 # What queries take: a plain connection or one borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
+
+_OPEN: list[asyncpg.Pool] = []
+
+
+class _PoolCollector(Collector):
+    """Reads the open pools' sizes when Prometheus scrapes (in the metrics server's thread:
+    plain reads of counts asyncpg keeps)."""
+
+    def collect(self) -> Iterator[Metric]:
+        pools = list(_OPEN)
+        figures = (
+            ("connections", "Connections the asyncpg pool holds open", asyncpg.Pool.get_size),
+            ("idle_connections", "Open connections free to acquire", asyncpg.Pool.get_idle_size),
+            (
+                "max_connections",
+                "The most connections the pool may open",
+                asyncpg.Pool.get_max_size,
+            ),
+        )
+        for name, documentation, read in figures:
+            yield GaugeMetricFamily(
+                f"conveyor_db_pool_{name}", documentation, value=sum(read(p) for p in pools)
+            )
+
+
+REGISTRY.register(_PoolCollector())
 
 
 @asynccontextmanager
@@ -23,7 +61,9 @@ async def open_pool(
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, command_timeout=30, timeout=10
     )
+    _OPEN.append(pool)
     try:
         yield pool
     finally:
+        _OPEN.remove(pool)
         await pool.close()

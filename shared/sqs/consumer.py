@@ -12,15 +12,23 @@
 - Shutdown (the ``stopping`` event): stop receiving (the poll in progress completes, at most
   ``wait_s``), give back messages not yet started (visibility 0), let started ones finish within
   ``grace_s``, give back those that did not, then log one summary line.
+- Metrics: each message's handling time by outcome (``conveyor_hop_duration_seconds``, the
+  consumer's name as the hop), and a failure on a message's last delivery allowed by the
+  queue's redrive policy as a move to the DLQ (``conveyor_dlq_moves_total``). The log context a
+  handler binds (:func:`shared.observe.handling`) holds until the consumer is done with its
+  message, then is restored.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -29,6 +37,7 @@ from shared.batching import Batcher
 from shared.config import AwsSettings, CommonSettings
 from shared.errors import AccessDenied, AwsError, ResourceNotFound
 from shared.messages import PoisonMessage
+from shared.metrics import DLQ_MOVES, HOP_DURATION
 from shared.sqs.retry import RetryLater, RetryPolicy
 from shared.telemetry import get_logger
 
@@ -47,6 +56,9 @@ class ReceivedMessage:
     body: str
     receive_count: int
     received_at: float
+    """When it was received, on anyio's clock (for the heartbeat)."""
+    received_unix: float = field(default_factory=time.time)
+    """When it was received, as a Unix time (to compare with the envelope's timestamps)."""
 
 
 Handler = Callable[[ReceivedMessage], Awaitable[None]]
@@ -66,6 +78,10 @@ class ConsumerStats:
             f"received={self.received} succeeded={self.succeeded} retried={self.retried} "
             f"failed={self.poison} given_back={self.given_back}"
         )
+
+    def totals(self) -> dict[str, int]:
+        """Every count since start, by name (for :class:`shared.activity.Activity`)."""
+        return asdict(self)
 
 
 class SqsConsumer:
@@ -93,6 +109,8 @@ class SqsConsumer:
         self.grace_s = grace_s
         self.retry = retry or RetryPolicy()
         self.visibility_timeout_s = visibility_timeout_s
+        self.max_receive_count: int | None = None
+        """The queue's redrive ``maxReceiveCount`` (read at start; None: no DLQ)."""
         self.stats = ConsumerStats()
         self._held: dict[str, ReceivedMessage] = {}
         self._log = get_logger(name).bind(queue=queue_url.rsplit("/", 1)[-1])
@@ -127,8 +145,7 @@ class SqsConsumer:
     async def run(
         self, stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        if self.visibility_timeout_s is None:
-            self.visibility_timeout_s = await self._queue_visibility_timeout()
+        await self._read_queue_attributes()
         async with anyio.create_task_group() as services:
             self._deleter.start(services)
             services.start_soon(self._heartbeat)
@@ -214,13 +231,19 @@ class SqsConsumer:
 
     async def _handle(self, message: ReceivedMessage) -> None:
         log = self._log.bind(message_id=message.message_id, receive_count=message.receive_count)
+        context = structlog.contextvars.get_contextvars()
+        began = time.perf_counter()
+        outcome = "succeeded"
         try:
             await self._handler(message)
         except anyio.get_cancelled_exc_class():
+            outcome = "given_back"
             with anyio.CancelScope(shield=True):
                 await self._give_back([message])
             raise
         except PoisonMessage as exc:
+            outcome = "poison"
+            self._count_dlq_move(message, "poison")
             self.stats.poison += 1
             if message.receive_count <= 1:  # logged once, not on every redelivery
                 log.error(
@@ -228,10 +251,14 @@ class SqsConsumer:
                 )
             await self._set_visibility(message, 0)
         except RetryLater as exc:
+            outcome = "retried"
+            self._count_dlq_move(message, "retries_exhausted")
             self.stats.retried += 1
-            log.info("retry later", reason=str(exc), delay_s=exc.delay_s)
+            log.debug("retry later", reason=str(exc), delay_s=exc.delay_s)
             await self._set_visibility(message, exc.delay_s)
         except Exception as exc:  # a failing message must never stop the worker
+            outcome = "retried"
+            self._count_dlq_move(message, "retries_exhausted")
             self.stats.retried += 1
             delay = self.retry.delay_s(message.receive_count)
             log.warning("handler failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
@@ -246,6 +273,17 @@ class SqsConsumer:
                 log.warning("delete failed", error=str(exc))
         finally:
             self._held.pop(message.receipt_handle, None)
+            HOP_DURATION.labels(self.name, outcome).observe(time.perf_counter() - began)
+            # What the handler bound (job_id, trace_id...) was about this message only.
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(**context)
+
+    def _count_dlq_move(self, message: ReceivedMessage, reason: str) -> None:
+        """A failure on the last delivery the redrive policy allows: SQS moves the message
+        to the DLQ instead of delivering it again."""
+        limit = self.max_receive_count
+        if limit is not None and message.receive_count >= limit:
+            DLQ_MOVES.labels(self.queue_url.rsplit("/", 1)[-1], reason).inc()
 
     # -- SQS calls -----------------------------------------------------------------------
 
@@ -257,7 +295,7 @@ class SqsConsumer:
                 WaitTimeSeconds=self.wait_s,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
-        now = anyio.current_time()
+        now, wall = anyio.current_time(), time.time()
         batch = []
         for raw in response.get("Messages", []):
             message = ReceivedMessage(
@@ -266,6 +304,7 @@ class SqsConsumer:
                 body=raw.get("Body", ""),
                 receive_count=int(raw.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
                 received_at=now,
+                received_unix=wall,
             )
             self._held[message.receipt_handle] = message
             batch.append(message)
@@ -321,12 +360,25 @@ class SqsConsumer:
         except AwsError as exc:
             self._log.warning("visibility change failed", error=str(exc), count=len(messages))
 
-    async def _queue_visibility_timeout(self) -> int:
-        with aws_errors(self._aws, resource=self.queue_url):
-            response = await self._sqs.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["VisibilityTimeout"]
-            )
-        return int(response["Attributes"]["VisibilityTimeout"])
+    async def _read_queue_attributes(self) -> None:
+        """The queue's visibility timeout (unless given) and its redrive policy's limit."""
+        try:
+            with aws_errors(self._aws, resource=self.queue_url):
+                response = await self._sqs.get_queue_attributes(
+                    QueueUrl=self.queue_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
+                )
+        except AwsError:
+            if self.visibility_timeout_s is None:  # needed; the rest is only for metrics
+                raise
+            return
+        attributes = response.get("Attributes", {})
+        if self.visibility_timeout_s is None:
+            self.visibility_timeout_s = int(attributes["VisibilityTimeout"])
+        try:
+            redrive = json.loads(attributes.get("RedrivePolicy", "null")) or {}
+            self.max_receive_count = int(redrive["maxReceiveCount"])
+        except (ValueError, TypeError, KeyError):
+            self.max_receive_count = None
 
     async def _heartbeat(self) -> None:
         """Extend every held message before its visibility runs out (long jobs, queued work)."""

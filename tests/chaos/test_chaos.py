@@ -1,21 +1,22 @@
 """Chaos: nothing accepted is lost, nothing is done twice, while processes die around it.
 
-200 jobs go through the whole stack (services as real processes, loopback only). During the
-run a supervisor SIGKILLs and restarts infer, persist and notify at random moments (at least
-20 kills), restarts PostgreSQL once, and persist runs with a share of its DeleteMessage calls
-failing. At the end every job that got a 202 has exactly one result and a final state, the
-DLQs are empty, and the webhook receiver saw every job's event, under one webhook-id each.
+200 jobs go through the whole stack (services as real processes, loopback only, started as
+``make dev`` starts them). During the run infer, persist and notify are SIGKILLed at random
+moments (at least 20 kills) and the stack's own supervisor must notice and restart them;
+PostgreSQL restarts once, and persist runs with a share of its DeleteMessage calls failing.
+At the end every job that got a 202 has exactly one result and a final state, the DLQs are
+empty, and the webhook receiver saw every job's event, under one webhook-id each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-import signal
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import asyncpg
@@ -23,14 +24,13 @@ import httpx
 import pytest
 
 from emulator import Stack
-from emulator.dev import service_specs
+from emulator.devstack import DevOptions, DevStack
 from emulator.harness import add_topology
-from emulator.processes import ServiceSpec, Supervisor
+from emulator.processes import RestartPolicy, ServiceSpec
 from emulator.seed import push
-from shared.apikeys import create_key
 from shared.aws import AwsClients
 from shared.topology import Topology
-from tests.integration.test_pipeline import free_port, sentences
+from tests.integration.test_pipeline import sentences
 from tests.models import make_tiny_model
 from tests.webhook_receiver import WebhookReceiver
 
@@ -48,8 +48,8 @@ class ChaosRun:
     refused: int = 0
     kills: Counter[str] = field(default_factory=Counter)
     database_restarts: int = 0
-    persist_lines: list[str] = field(default_factory=list)
-    """Output of every persist process that was killed (restarts replace the process)."""
+    events: list[str] = field(default_factory=list)
+    """What the supervisor reported: each kill must show up as an unexpected exit."""
 
 
 @pytest.fixture(scope="module")
@@ -70,48 +70,49 @@ async def chaos_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) ->
     return chaos
 
 
-async def test_chaos(chaos_stack: Stack, tmp_path: Path) -> None:
+def under_fault_injection(spec: ServiceSpec) -> ServiceSpec:
+    """persist runs under the fault injector: a share of its deletes fail."""
+    if spec.name != "persist":
+        return spec
+    return dataclasses.replace(spec, module="tests.chaos.faulty", args=("services.persist",))
+
+
+async def test_chaos(chaos_stack: Stack) -> None:
     stack = chaos_stack
     assert stack.restart_database is not None
     rng = random.Random(20261129)
     run = ChaosRun()
-    port = free_port()
     quick = {"SQS_WAIT_S": "1", "SHUTDOWN_GRACE_S": "5"}
     extra = {
         "infer": {
             **quick,
             "INFER_HANDLER_MODULES": "tests.models",
             "INFER_MAX_BATCH_WAIT_S": "0.01",
-            # A SIGKILLed worker cannot remove a temporary cache: keep it under pytest's.
-            "INFER_CACHE_DIR": str(tmp_path / "models"),
         },
         "persist": {**quick, "CHAOS_DELETE_FAILURE_RATE": "0.3"},
         "notify": {**quick, "NOTIFY_RETRY_SCHEDULE_S": "0.5,0.5,1,1,2"},
         "ingest": quick,
     }
-    specs = {s.name: s for s in service_specs(stack, http_port=port, extra=extra)}
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        api_key, _ = await create_key(conn, "chaos", "chaos test")
-    finally:
-        await conn.close()
-    # persist runs under the fault injector: a share of its deletes fail.
-    specs["persist"] = ServiceSpec(
-        "persist", "tests.chaos.faulty", specs["persist"].env, ("services.persist",)
+    options = DevOptions(
+        http_port=0,
+        extra=extra,
+        transform=under_fault_injection,
+        # Kills come every second or so: a crash loop here is the test's doing, not a fault.
+        restart=RestartPolicy(max_restarts=100, initial_backoff_s=0.1, max_backoff_s=0.5),
+        tenant="chaos",
+        on_event=lambda name, message: run.events.append(f"{name}: {message}"),
     )
     began = time.perf_counter()
     async with (
         WebhookReceiver(secret=stack.webhook_secret) as receiver,
-        Supervisor() as supervisor,
+        DevStack(stack, options) as dev,
         httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url=dev.api_url,
             timeout=30,
-            headers={"Authorization": f"Bearer {api_key}"},
+            headers={"Authorization": f"Bearer {dev.api_key}"},
         ) as api,
     ):
-        async with anyio.create_task_group() as tg:
-            for spec in specs.values():
-                tg.start_soon(supervisor.start, spec)
+        supervisor = dev.supervisor
 
         async def submit_all() -> None:
             texts = sentences(JOBS, seed=7)
@@ -147,15 +148,14 @@ async def test_chaos(chaos_stack: Stack, tmp_path: Path) -> None:
             for round_ in range(MIN_KILLS + 4):
                 await anyio.sleep(rng.uniform(0.3, 1.0))
                 victim = rng.choice(VICTIMS)
-                await supervisor.stop(victim, sig=signal.SIGKILL, timeout_s=10)
+                killed = supervisor.processes[victim]
+                await supervisor.kill(victim)  # a crash: nobody restarts it but the supervisor
                 run.kills[victim] += 1
-                if victim == "persist":
-                    run.persist_lines.extend(supervisor.processes["persist"].lines)
                 if round_ == restart_db_at:
                     await stack.restart_database(1.0)  # type: ignore[misc]
                     run.database_restarts += 1
                 t0 = time.perf_counter()
-                await supervisor.start(specs[victim], ready_within_s=60)
+                await supervisor.wait_restarted(victim, killed, within_s=60)
                 print(
                     f"chaos t={time.perf_counter() - began:.0f}s killed {victim}, back in "
                     f"{time.perf_counter() - t0:.1f}s; accepted so far {len(run.accepted)}",
@@ -192,7 +192,10 @@ async def test_chaos(chaos_stack: Stack, tmp_path: Path) -> None:
                 await anyio.sleep(0.5)
         await anyio.sleep(2)  # late duplicates would arrive now
         elapsed = time.perf_counter() - began
-        persist_output = "\n".join([*run.persist_lines, *supervisor.processes["persist"].lines])
+        # One log per name across restarts: every persist process's lines.
+        persist_output = "\n".join(supervisor.processes["persist"].lines)
+        # Each duplicate is a debug line; persist's activity lines count them.
+        absorbed = sum(map(int, re.findall(r"\bresults_duplicate=(\d+)", persist_output)))
 
         async with AwsClients(stack.admin) as clients:
             sqs = await clients.sqs()
@@ -221,12 +224,21 @@ async def test_chaos(chaos_stack: Stack, tmp_path: Path) -> None:
         f"kills={sum(run.kills.values())} {dict(run.kills)} "
         f"database_restarts={run.database_restarts} "
         f"dropped_deletes={persist_output.count('chaos: DeleteMessageBatch dropped')} "
-        f"redelivered_results_absorbed={persist_output.count('duplicate result ignored')} "
+        f"redelivered_results_absorbed={absorbed} "
         f"webhook_deliveries={deliveries} duplicate_deliveries_absorbed={duplicates} "
         f"in {elapsed:.0f}s"
     )
     assert len(ids) == JOBS
     assert sum(run.kills.values()) >= MIN_KILLS
+    unexpected = Counter(e.split(":")[0] for e in run.events if "exited unexpectedly" in e)
+    # Each kill reported, by name; a process restarted while PostgreSQL is down may exit once
+    # more (it cannot open its pool) and be restarted again: that is supervision working.
+    assert all(unexpected[name] >= kills for name, kills in run.kills.items()), run.events
+    for name in {e.split(":")[0] for e in run.events if "(exit code" in e}:
+        # Not one of our kills: show why it ended (the supervisor restarted it).
+        why = [line for line in dev.supervisor.processes[name].lines if "failed" in line]
+        print(f"{name} exited by itself; its failure lines:", *why[-5:], sep="\n  ")
+    assert not any("giving up" in e for e in run.events)
     assert run.database_restarts == 1
     assert statuses == Counter({"succeeded": JOBS})
     assert len(results) == JOBS

@@ -99,6 +99,7 @@ ALLOWED: dict[str, list[Case]] = {
         Case("enqueue a job", send(infer_q)),
         Case("resolve its queue", queue_url(infer_q)),
         Case("claim-check a payload", put_object(payloads)),
+        Case("read whether a model is deployed", get_object(models, "iam-test/LATEST")),
     ],
     "infer": [
         Case("receive jobs", receive(infer_q)),
@@ -120,6 +121,9 @@ DENIED: dict[str, list[Case]] = {
         Case("send to another service's queue", send(results_q)),
         Case("receive (it only publishes)", receive(infer_q)),
         Case("read a model", get_object(models, "any/manifest.json")),
+        Case("read a model file", get_object(models, "iam-test/1/model.safetensors")),
+        Case("read a LATEST-like key deeper down", get_object(models, "iam-test/1/LATEST.json")),
+        Case("read a payload (it only writes them)", get_object(payloads, "iam-test/object")),
         Case("create a queue", create_queue),
     ],
     "infer": [
@@ -150,6 +154,9 @@ async def payload_object(stack: Stack) -> None:
         await s3.put_object(
             Bucket=stack.topology.payloads_bucket.name, Key="iam-test/object", Body=b"x"
         )
+        models = stack.topology.models_bucket.name
+        for key in ("iam-test/LATEST", "iam-test/1/model.safetensors", "iam-test/1/LATEST.json"):
+            await s3.put_object(Bucket=models, Key=key, Body=b"1")
 
 
 @pytest.mark.parametrize("service", sorted(ALLOWED))

@@ -315,6 +315,53 @@ async def test_rejected_request_writes_and_sends_nothing(
     assert await api.outbox() == []
 
 
+@pytest.fixture
+async def dev_api(stack: Stack, clean_env: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    """The API under the settings make dev gives ingest (the harness's dev_env)."""
+    for name, value in stack.dev_env("ingest").items():
+        clean_env.setenv(name, value)
+    async with running(stack) as running_api:
+        yield running_api
+
+
+@pytest.mark.parametrize(
+    ("callback_url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local 169.254.0.0/16"),
+        ("http://10.0.0.1/", "private 10.0.0.0/8"),
+        ("http://[::ffff:169.254.169.254]/", "embedding 169.254.169.254: link-local"),
+        ("http://192.168.1.1/", "private 192.168.0.0/16"),
+        ("http://100.64.0.1/", "100.64.0.0/10"),
+        ("http://0.0.0.0:8000/", "this network 0.0.0.0/8"),
+        ("http://[64:ff9b::7f00:1]/", "NAT64"),
+    ],
+)
+async def test_dev_settings_still_refuse_non_loopback_callbacks(
+    dev_api: Api, callback_url: str, reason: str
+) -> None:
+    """make dev allows loopback callbacks, and no other non-public address (issue 8)."""
+    body = {"model": MODEL, "inputs": ["a"], "callback_url": callback_url}
+    response = await dev_api.client.post("/v1/jobs", json=body)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert "callback_url" in error
+    assert reason in error
+    assert await dev_api.rows() == []
+    assert dev_api.sent == []
+
+
+@pytest.mark.parametrize(
+    "callback_url",
+    ["http://127.0.0.1:9/hook", "http://[::1]:9/hook", "http://localhost:9/hook"],
+)
+async def test_dev_settings_accept_loopback_callbacks(dev_api: Api, callback_url: str) -> None:
+    """The control: the same settings do accept loopback (refused by default, see above)."""
+    await dev_api.submit(inputs=["a"], callback_url=callback_url)
+    [row] = await dev_api.rows()
+    assert row["callback_url"] == callback_url
+
+
 async def test_oversized_body_is_refused_from_its_content_length(api: Api) -> None:
     """A declared length over the limit is refused before a byte of the body is read."""
     read = 0

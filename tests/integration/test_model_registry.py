@@ -12,9 +12,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from emulator import Stack
 from services.infer.embedding import default_model_dir
@@ -27,6 +29,7 @@ from services.infer.registry import (
     list_models,
     push_model,
     resolve_version,
+    wait_for_version,
 )
 from shared.aws import AwsClients
 from shared.errors import AccessDenied
@@ -120,6 +123,41 @@ async def test_a_missing_model_says_how_to_push_it(
         await resolve_version(infer, bucket, name, "7")
     with pytest.raises(ModelNotFound, match="version '7'"):
         await fetch_model(infer, bucket, name, "7", tmp_path)
+
+
+async def test_a_worker_waits_for_the_push_and_a_stop_ends_the_wait(
+    admin: AwsClients, infer: AwsClients, bucket: str, name: str, tiny: Path
+) -> None:
+    """Started before its model was pushed, infer waits (one warning) instead of failing."""
+    found: list[str | None] = []
+    stopping = anyio.Event()
+
+    async def wait() -> None:
+        found.append(
+            await wait_for_version(
+                infer, bucket, name, None, stopping, first_delay_s=0.05, max_delay_s=0.2
+            )
+        )
+
+    with capture_logs() as logs, anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(1)  # several looks, backing off to 0.2 s
+            assert found == []
+            await push_model(admin, bucket, tiny, name=name, version="1", kind=TINY_KIND)
+            with anyio.fail_after(1):  # the next look, at most max_delay_s later
+                while not found:
+                    await anyio.sleep(0.02)
+        assert found == ["1"]
+        waiting = [e for e in logs if e["event"].startswith("waiting for a deployed version")]
+        assert len(waiting) == 1
+        assert waiting[0]["log_level"] == "warning"
+        assert f"conveyor models push <dir> --name {name}" in waiting[0]["why"]
+
+        stopping.set()  # a stop while waiting ends the wait at once, with no version
+        began = anyio.current_time()
+        assert await wait_for_version(infer, bucket, f"{name}-never", None, stopping) is None
+        assert anyio.current_time() - began < 1
 
 
 async def test_infer_may_fetch_but_not_push(

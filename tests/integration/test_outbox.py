@@ -240,3 +240,29 @@ async def test_sent_rows_are_pruned_after_the_retention(
         await anyio.sleep(0.01)
         await prune.maintain()
         assert await harness.outbox_rows([job_id]) == 0
+
+
+async def test_one_maintenance_run_prunes_more_than_one_batch(
+    ostack: Stack, clean_env: pytest.MonkeyPatch
+) -> None:
+    """A busy stack sends more than a batch (1,000 rows) a minute: pruning must keep up."""
+    from services.ingest.outbox import PRUNE_BATCH
+
+    marker = f"prune-{uuid.uuid4().hex[:8]}"
+    async with api(ostack) as harness:
+        async with harness.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO outbox (job_id, queue, model, body, sent_at) "
+                "SELECT gen_random_uuid(), $1, 'm', '{}', now() - interval '2 hours' "
+                "FROM generate_series(1, $2)",
+                marker,
+                PRUNE_BATCH * 2 + 500,
+            )
+
+        async def never(_queue: str, _body: str) -> object:
+            raise AssertionError("nothing is sent here")
+
+        await Relay(harness.pool, [marker], never, RelayPolicy(retention_s=3600)).maintain()
+        async with harness.pool.acquire() as conn:
+            left = await conn.fetchval("SELECT count(*) FROM outbox WHERE queue = $1", marker)
+        assert left == 0

@@ -7,7 +7,6 @@ proxy on 127.0.0.1 that the test switches off (every connection is cut and refus
 
 from __future__ import annotations
 
-import socket
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -20,23 +19,16 @@ from anyio import CancelScope
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from emulator import Stack
-from emulator.dev import service_specs
+from emulator.devstack import DevOptions, DevStack
 from emulator.harness import add_topology
 from emulator.processes import Supervisor
 from emulator.seed import push
-from shared.apikeys import create_key
 from shared.topology import Topology
 from tests.models import make_tiny_model
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
 TINY = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Switch:
@@ -101,33 +93,25 @@ async def switched(
     target = urllib.parse.urlsplit(ostack.endpoint.url)
     assert target.hostname is not None and target.port is not None
     switch = Switch(target.hostname, target.port)
-    port = free_port()
     fast = {"SQS_WAIT_S": "1", "SHUTDOWN_GRACE_S": "5"}
     async with anyio.create_task_group() as tg:
         await tg.start(switch.serve)
         extra = {
             "ingest": {**fast, "INGEST_AWS_ENDPOINT_URL": f"http://127.0.0.1:{switch.listen_port}"},
-            "infer": {**fast, "INFER_MODEL": TINY, "INFER_HANDLER_MODULES": "tests.models"},
+            "infer": {**fast, "INFER_HANDLER_MODULES": "tests.models"},
             "persist": fast,
             "notify": fast,
         }
-        conn = await asyncpg.connect(ostack.database_url)
-        try:
-            key, _ = await create_key(conn, f"ostk-{uuid.uuid4().hex[:8]}", "test_outbox_stack")
-        finally:
-            await conn.close()
+        tenant = f"ostk-{uuid.uuid4().hex[:8]}"
         async with (
-            Supervisor() as supervisor,
+            DevStack(ostack, DevOptions(http_port=0, extra=extra, tenant=tenant)) as dev,
             httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
+                base_url=dev.api_url,
                 timeout=30,
-                headers={"Authorization": f"Bearer {key}"},
+                headers={"Authorization": f"Bearer {dev.api_key}"},
             ) as api,
         ):
-            async with anyio.create_task_group() as starting:
-                for spec in service_specs(ostack, http_port=port, extra=extra):
-                    starting.start_soon(supervisor.start, spec)
-            yield ostack, switch, supervisor, api
+            yield ostack, switch, dev.supervisor, api
         tg.cancel_scope.cancel()
 
 

@@ -1,6 +1,7 @@
 """The services and the standalone emulator as real processes."""
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -120,16 +121,21 @@ async def test_standalone_emulator_prints_exports_and_cleans_up(tmp_path: Path) 
             process.stdout, output, lambda line: line.startswith("export ADMIN_AWS_SECRET"), 60
         )
         assert got_all, output.text
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in output.lines if line)
+        # As a shell reads them: values are quoted (a database URL holds "?").
+        exports = dict(
+            shlex.split(line.removeprefix("export "))[0].split("=", 1)
+            for line in output.lines
+            if line
+        )
         assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
         assert exports["AWS_REGION"] == "us-east-1"
-        assert exports["DATABASE_URL"].startswith("postgresql://")
+        assert exports["ADMIN_DATABASE_URL"].startswith("postgresql://")
         for service in [*SERVICES, "admin"]:
             prefix = service.upper()
             assert exports[f"{prefix}_AWS_ACCESS_KEY_ID"]
             assert exports[f"{prefix}_AWS_SECRET_ACCESS_KEY"]
         assert env_file.stat().st_mode & 0o777 == 0o600
-        data_dir = exports["DATABASE_URL"].split("host=", 1)[1]
+        data_dir = exports["ADMIN_DATABASE_URL"].split("host=", 1)[1]
         assert os.path.isdir(data_dir)
         assert _postgres_processes(data_dir), "the embedded PostgreSQL should be running"
 

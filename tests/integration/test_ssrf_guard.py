@@ -127,10 +127,10 @@ class FailingResolver:
 
 
 def guarded_sender(
-    resolver: Any, *, allow_private: bool, verify: ssl.SSLContext | bool = True, **kw: Any
+    resolver: Any, *, allow_loopback: bool, verify: ssl.SSLContext | bool = True, **kw: Any
 ) -> WebhookSender:
     transport = GuardedTransport(
-        allow_private=allow_private, resolver=resolver, verify=verify, **kw
+        allow_loopback=allow_loopback, resolver=resolver, verify=verify, **kw
     )
     return WebhookSender(SECRET, 5, transport=transport)
 
@@ -187,7 +187,7 @@ LITERALS = [
 @pytest.mark.parametrize(("url", "reason"), LITERALS)
 async def test_refused_before_any_connection(network: Network, url: str, reason: str) -> None:
     resolver = ScriptedResolver()  # any lookup fails the test
-    async with guarded_sender(resolver, allow_private=False) as sender:
+    async with guarded_sender(resolver, allow_loopback=False) as sender:
         outcome = await deliver(sender, url)
     assert (outcome.succeeded, outcome.status_code, outcome.give_up) == (False, None, True)
     assert outcome.error is not None
@@ -210,12 +210,12 @@ async def test_refused_before_any_connection(network: Network, url: str, reason:
         ("javascript:alert(1)", "invalid URL: the scheme must be http or https"),
     ],
 )
-@pytest.mark.parametrize("allow_private", [False, True])
+@pytest.mark.parametrize("allow_loopback", [False, True])
 async def test_not_even_an_http_url(
-    network: Network, url: str, error: str, allow_private: bool
+    network: Network, url: str, error: str, allow_loopback: bool
 ) -> None:
     resolver = ScriptedResolver()
-    async with guarded_sender(resolver, allow_private=allow_private) as sender:
+    async with guarded_sender(resolver, allow_loopback=allow_loopback) as sender:
         outcome = await deliver(sender, url)
     assert outcome.give_up
     assert outcome.error is not None
@@ -254,7 +254,7 @@ async def test_a_name_with_any_private_address_is_refused(
 ) -> None:
     answer = [PUBLIC, address] if public_first else [address]
     resolver = ScriptedResolver(answer)
-    async with guarded_sender(resolver, allow_private=False) as sender:
+    async with guarded_sender(resolver, allow_loopback=False) as sender:
         outcome = await deliver(sender, "https://hook.example/hook")
     expected = f"refused: hook.example resolves to {ipaddress.ip_address(address)}: "
     assert outcome.error is not None
@@ -266,8 +266,144 @@ async def test_a_name_with_any_private_address_is_refused(
     assert network.lookups == []
 
 
+# -- (1b) the development relaxation: loopback, and nothing else ----------------------------
+
+# What make dev's NOTIFY_ALLOW_LOOPBACK_CALLBACKS=true must still refuse (issue 8).
+DEV_REFUSED = [
+    ("169.254.169.254", "link-local 169.254.0.0/16 (cloud metadata)"),
+    ("10.0.0.1", "private 10.0.0.0/8"),
+    ("::ffff:169.254.169.254", "IPv4-mapped ::ffff:0:0/96 embedding 169.254.169.254: link-local"),
+    ("192.168.1.1", "private 192.168.0.0/16"),
+    ("100.64.0.1", "shared address space (carrier-grade NAT) 100.64.0.0/10"),
+]
+
+
+def _in_url(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+@pytest.mark.parametrize(("address", "reason"), DEV_REFUSED)
+async def test_dev_settings_refuse_a_name_resolving_off_loopback(
+    network: Network, address: str, reason: str
+) -> None:
+    resolver = ScriptedResolver([address])
+    async with guarded_sender(resolver, allow_loopback=True) as sender:
+        outcome = await deliver(sender, "http://hook.example/hook")
+    assert outcome.error is not None
+    assert outcome.error.startswith(
+        f"refused: hook.example resolves to {ipaddress.ip_address(address)}: "
+    )
+    assert reason in outcome.error
+    assert outcome.give_up
+    assert resolver.calls == ["hook.example"]
+    assert (network.connects, network.lookups) == ([], [])
+
+
+@pytest.mark.parametrize(("address", "reason"), DEV_REFUSED)
+async def test_dev_settings_refuse_the_literal_address(
+    network: Network, address: str, reason: str
+) -> None:
+    resolver = ScriptedResolver()  # a literal is never resolved
+    async with guarded_sender(resolver, allow_loopback=True) as sender:
+        outcome = await deliver(sender, f"http://{_in_url(address)}/latest/meta-data/")
+    assert outcome.error is not None
+    assert outcome.error.startswith("refused: ")
+    assert reason in outcome.error
+    assert outcome.give_up
+    assert (resolver.calls, network.connects, network.lookups) == ([], [], [])
+
+
+LOOPBACK_LITERALS = {
+    "http://2130706433/hook",
+    "http://0x7f000001/hook",
+    "http://127.1/hook",
+    "http://127.0.1/hook",
+    "http://0x7f.1/hook",
+    "http://0177.0.0.1./hook",
+    "http://127.0.0.1:8080/hook",
+    "http://[::1]:8080/hook",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:7f00:1]/",
+    "http://localhost/hook",
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"), [(url, reason) for url, reason in LITERALS if url not in LOOPBACK_LITERALS]
+)
+async def test_dev_settings_refuse_every_other_literal(
+    network: Network, url: str, reason: str
+) -> None:
+    async with guarded_sender(ScriptedResolver(), allow_loopback=True) as sender:
+        outcome = await deliver(sender, url)
+    assert outcome.error is not None
+    assert outcome.error.startswith("refused: ")
+    assert reason in outcome.error
+    assert (network.connects, network.lookups) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [(a, r) for a, r in RESOLVED if a not in ("127.0.0.1", "::1")],
+)
+async def test_dev_settings_refuse_every_other_answer(
+    network: Network, address: str, reason: str
+) -> None:
+    """Even next to a loopback answer: every answer must be allowed."""
+    resolver = ScriptedResolver(["127.0.0.1", address])
+    async with guarded_sender(resolver, allow_loopback=True) as sender:
+        outcome = await deliver(sender, "https://hook.example/hook")
+    assert outcome.error is not None
+    assert outcome.error.startswith(
+        f"refused: hook.example resolves to {ipaddress.ip_address(address)}: "
+    )
+    assert reason in outcome.error
+    assert (network.connects, network.lookups) == ([], [])
+
+
+@pytest.mark.parametrize("url", sorted(LOOPBACK_LITERALS))
+async def test_dev_settings_allow_loopback_literals(network: Network, url: str) -> None:
+    """Every spelling of a loopback address (and localhost) passes the guard: the request
+    reaches the transport below it, addressed to the loopback IP, and nothing else."""
+    seen: list[httpx.Request] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    transport = GuardedTransport(
+        allow_loopback=True,
+        resolver=ScriptedResolver(["127.0.0.1"]),
+        transport=httpx.MockTransport(answer),
+    )
+    async with WebhookSender(SECRET, 5, transport=transport) as sender:
+        outcome = await deliver(sender, url)
+    assert outcome.succeeded, outcome.error
+    [request] = seen
+    assert request.url.host in ("127.0.0.1", "::1", "::ffff:7f00:1")
+    assert (network.connects, network.lookups) == ([], [])
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+async def test_dev_settings_deliver_to_loopback(network: Network, address: str) -> None:
+    """A name resolving to 127.0.0.1 or ::1 is delivered to that address. The receiver
+    listens on 127.0.0.1; the fixture blocks a connection to ::1 before the system call, so
+    for ::1 the attempt (not a refusal) is the proof."""
+    resolver = ScriptedResolver([address])
+    async with WebhookReceiver(secret=SECRET) as rx:
+        port = port_of(rx.url)
+        async with guarded_sender(resolver, allow_loopback=True) as sender:
+            outcome = await deliver(sender, f"http://hook.example:{port}/hook")
+        received = len(rx.requests)
+    assert [connect[:2] for connect in network.connects] == [(address, port)]
+    if address == "127.0.0.1":
+        assert (outcome.succeeded, received) == (True, 1)
+    else:
+        assert (outcome.error, received) == ("connection refused", 0)  # the fixture's block
+
+
 async def test_a_failed_lookup_is_retried_not_refused(network: Network) -> None:
-    async with guarded_sender(FailingResolver(), allow_private=False) as sender:
+    async with guarded_sender(FailingResolver(), allow_loopback=False) as sender:
         outcome = await deliver(sender, "https://hook.example/hook")
     assert outcome.error == "name resolution failed"
     assert outcome.should_retry
@@ -286,7 +422,7 @@ async def test_dns_rebinding_cannot_reach_loopback(network: Network) -> None:
     async with WebhookReceiver(secret=SECRET) as rx:
         port = port_of(rx.url)
         url = f"http://hook.example:{port}/hook"
-        async with guarded_sender(resolver, allow_private=False) as sender:
+        async with guarded_sender(resolver, allow_loopback=False) as sender:
             first = await deliver(sender, url)
             assert resolver.calls == ["hook.example"]
             assert network.connects == [(PUBLIC, port)]
@@ -304,12 +440,12 @@ async def test_dns_rebinding_cannot_reach_loopback(network: Network) -> None:
 async def test_the_pinned_address_is_used_with_the_original_host_header(
     network: Network,
 ) -> None:
-    """allow_private and a resolver answering 127.0.0.1 for a name DNS does not know: the
+    """allow_loopback and a resolver answering 127.0.0.1 for a name DNS does not know: the
     request reaches the receiver, so it went to the checked IP, with the name as Host."""
     resolver = ScriptedResolver(["127.0.0.1"])
     async with WebhookReceiver(secret=SECRET) as rx:
         port = port_of(rx.url)
-        async with guarded_sender(resolver, allow_private=True) as sender:
+        async with guarded_sender(resolver, allow_loopback=True) as sender:
             outcome = await deliver(sender, f"http://hook.example:{port}/hook?x=1")
             again = await deliver(sender, f"http://hook.example:{port}/hook?x=1")
         [payload, _] = rx.verified_requests()
@@ -327,7 +463,7 @@ async def test_the_next_checked_address_is_tried_when_one_fails(network: Network
     resolver = ScriptedResolver([PUBLIC, "127.0.0.1"])
     async with WebhookReceiver() as rx:
         port = port_of(rx.url)
-        async with guarded_sender(resolver, allow_private=True) as sender:
+        async with guarded_sender(resolver, allow_loopback=True) as sender:
             outcome = await deliver(sender, f"http://hook.example:{port}/hook")
         assert len(rx.requests) == 1
     assert outcome.succeeded
@@ -336,12 +472,12 @@ async def test_the_next_checked_address_is_tried_when_one_fails(network: Network
 
 
 async def test_the_system_resolver_by_default(network: Network) -> None:
-    """No resolver given: getaddrinfo answers for localhost (allowed only with allow_private)."""
+    """No resolver given: getaddrinfo answers for localhost (allowed only with allow_loopback)."""
     async with WebhookReceiver() as rx:
         port = port_of(rx.url)
         async with WebhookSender(SECRET, 5, transport=GuardedTransport()) as sender:
             refused = await deliver(sender, f"http://localhost:{port}/hook")
-        transport = GuardedTransport(allow_private=True)
+        transport = GuardedTransport(allow_loopback=True)
         async with WebhookSender(SECRET, 5, transport=transport) as sender:
             outcome = await deliver(sender, f"http://localhost:{port}/hook")
         assert len(rx.requests) == 1
@@ -359,7 +495,7 @@ async def test_a_redirect_to_the_metadata_address_is_not_followed(network: Netwo
     resolver = ScriptedResolver()
     async with WebhookReceiver(replies=[Reply(302, location=METADATA)]) as rx:
         port = port_of(rx.url)
-        async with guarded_sender(resolver, allow_private=True) as sender:
+        async with guarded_sender(resolver, allow_loopback=True) as sender:
             outcome = await deliver(sender, rx.url)
         assert len(rx.requests) == 1
     assert (outcome.succeeded, outcome.status_code) == (False, 302)
@@ -528,7 +664,7 @@ async def test_https_verifies_and_sends_sni_for_the_name_not_the_ip(
     resolver = ScriptedResolver(["127.0.0.1"])
     async with tls_server(pki.server) as server:
         url = f"https://hook.example:{server.port}/hook"
-        async with guarded_sender(resolver, allow_private=True, verify=pki.client) as sender:
+        async with guarded_sender(resolver, allow_loopback=True, verify=pki.client) as sender:
             outcome = await deliver(sender, url)
     assert (outcome.succeeded, outcome.status_code) == (True, 204)
     assert server.server_names == ["hook.example"]
@@ -540,7 +676,7 @@ async def test_https_verifies_and_sends_sni_for_the_name_not_the_ip(
 async def test_https_to_an_ip_literal_sends_no_sni(network: Network, pki: Pki) -> None:
     async with tls_server(pki.server) as server:
         url = f"https://127.0.0.1:{server.port}/hook"
-        async with guarded_sender(ScriptedResolver(), allow_private=True, verify=pki.client) as s:
+        async with guarded_sender(ScriptedResolver(), allow_loopback=True, verify=pki.client) as s:
             outcome = await deliver(s, url)
     assert outcome.succeeded
     assert server.server_names == [None]  # verified against the certificate's IP entry
@@ -555,7 +691,7 @@ async def test_a_tls_connection_is_not_reused_for_another_name(network: Network,
     A plain httpx client is used because it reads each answer to the end, which is what lets
     a connection be reused (WebhookSender never reads the body, so it never reuses one)."""
     transport = GuardedTransport(
-        allow_private=True, resolver=ScriptedResolver(["127.0.0.1"]), verify=pki.client
+        allow_loopback=True, resolver=ScriptedResolver(["127.0.0.1"]), verify=pki.client
     )
     async with tls_server(pki.server) as server, httpx.AsyncClient(transport=transport) as http:
         port = server.port
@@ -577,7 +713,7 @@ async def test_control_a_keep_alive_pool_would_reuse_across_names(
     hook.example connection for other.example. This is why the default does not."""
     pooled = httpx.AsyncHTTPTransport(verify=pki.client, trust_env=False)
     transport = GuardedTransport(
-        allow_private=True, resolver=ScriptedResolver(["127.0.0.1"]), transport=pooled
+        allow_loopback=True, resolver=ScriptedResolver(["127.0.0.1"]), transport=pooled
     )
     async with tls_server(pki.server) as server, httpx.AsyncClient(transport=transport) as http:
         port = server.port

@@ -62,7 +62,7 @@ async def conn(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def sender(stack: Stack) -> AsyncIterator[WebhookSender]:
-    transport = GuardedTransport(allow_private=True)
+    transport = GuardedTransport(allow_loopback=True)
     async with WebhookSender(stack.webhook_secret, 5, transport=transport) as sending:
         yield sending
 

@@ -19,23 +19,22 @@ And the answers to the wrong keys do not contain the keys presented.
 
 from __future__ import annotations
 
-import socket
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 
 from emulator import Stack
-from emulator.dev import service_specs
+from emulator.devstack import DevOptions, DevStack
 from emulator.harness import add_topology
 from emulator.processes import Supervisor
 from emulator.seed import push
-from shared.apikeys import create_key
+from shared.db.roles import credentials_of
 from shared.topology import Topology
+from tests.conftest import free_port
 from tests.models import make_tiny_model
 from tests.webhook_receiver import WebhookReceiver
 
@@ -45,12 +44,6 @@ TINY = "tiny"
 FAIL_MARKER = "__FAIL__"
 BODY_SECRET = "body-secret-7f3a9c1e5b2d"
 """Sent inside a malformed request body: what a client typed must not end up in a log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -72,13 +65,11 @@ async def running(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asy
     await push(
         sstack.admin, sstack.topology, tiny_dir, name=TINY, version="1", kind="test-tiny-embedding"
     )
-    port = free_port()
     # Debug: the most a service ever prints is what must hold no secret.
     fast = {"SQS_WAIT_S": "1", "SHUTDOWN_GRACE_S": "5", "LOG_LEVEL": "debug"}
     extra = {
         "infer": {
             **fast,
-            "INFER_MODEL": TINY,
             "INFER_HANDLER_MODULES": "tests.models",
             "INFER_METRICS_PORT": str(free_port()),
         },
@@ -86,24 +77,16 @@ async def running(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asy
         "persist": fast,
         "notify": {**fast, "NOTIFY_RETRY_SCHEDULE_S": "0.2,0.2,0.2"},
     }
-    conn = await asyncpg.connect(sstack.database_url)
-    try:
-        api_key, _ = await create_key(conn, "secrets", "test_no_secrets_in_logs")
-    finally:
-        await conn.close()
     async with (
         WebhookReceiver(secret=sstack.webhook_secret) as receiver,
-        Supervisor() as supervisor,
+        DevStack(sstack, DevOptions(http_port=0, extra=extra, tenant="secrets")) as dev,
         httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url=dev.api_url,
             timeout=30,
-            headers={"Authorization": f"Bearer {api_key}"},
+            headers={"Authorization": f"Bearer {dev.api_key}"},
         ) as api,
     ):
-        async with anyio.create_task_group() as tg:
-            for spec in service_specs(sstack, http_port=port, extra=extra):
-                tg.start_soon(supervisor.start, spec)
-        yield Running(sstack, supervisor, api, receiver, api_key)
+        yield Running(sstack, dev.supervisor, api, receiver, dev.api_key)
 
 
 def secrets_of(running: Running, base: Stack, presented: list[str]) -> dict[str, str]:
@@ -131,6 +114,10 @@ def secrets_of(running: Running, base: Stack, presented: list[str]) -> dict[str,
     password = urllib.parse.urlsplit(running.stack.database_url).password
     if password:
         found["database password"] = password
+    for service, url in running.stack.database_logins.items():
+        login_password = credentials_of(url)[1]
+        if login_password:
+            found[f"{service} database password"] = login_password
     return found
 
 

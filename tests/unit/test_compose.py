@@ -20,6 +20,7 @@ import site
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -189,19 +190,37 @@ def test_provision_agrees_with_the_services(
     assert len(set(keys)) == len(keys), "each service and provision have their own key"
 
 
-def test_database_url_points_at_the_compose_postgres(
+def test_each_service_connects_to_the_compose_postgres_as_its_own_login(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The operator's URL goes to provision only; each service has a login of its own, which
+    provision makes from the very URL that service is given; infer has no database."""
     postgres = services["postgres"]
     pg = environment(postgres)
-    assert "${POSTGRES_PASSWORD:-" in COMPOSE.read_text(), "the password comes from the env"
-    expected = (
+    text = COMPOSE.read_text()
+    assert "${POSTGRES_PASSWORD:-" in text, "the password comes from the env"
+    provision = environment(services["provision"])
+    assert provision["ADMIN_DATABASE_URL"] == (
         f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
         f"@postgres:5432/{pg['POSTGRES_DB']}"
     )
+    users = set()
     for name, cls in SETTINGS.items():
-        if "database_url" in cls.model_fields:
-            assert environment(services[name])["DATABASE_URL"] == expected, name
+        env = environment(services[name])
+        own = f"{name.upper()}_DATABASE_URL"
+        assert not {"DATABASE_URL", "ADMIN_DATABASE_URL"} & set(env), name
+        if "database_url" not in cls.model_fields:
+            assert not [key for key in env if key.endswith("DATABASE_URL")], name
+            continue
+        use_environment(monkeypatch, env)
+        settings: Any = load_settings(cls)
+        url = urllib.parse.urlsplit(settings.database_url.get_secret_value())
+        assert (url.hostname, url.port, url.path) == ("postgres", 5432, f"/{pg['POSTGRES_DB']}")
+        assert url.username not in (None, pg["POSTGRES_USER"]), name
+        assert f"${{POSTGRES_{name.upper()}_PASSWORD:-" in text, "the password comes from the env"
+        assert provision[own] == env[own], f"provision makes {name}'s login from its own URL"
+        users.add(url.username)
+    assert len(users) == 3, "ingest, persist and notify each have a login of their own"
     assert postgres["image"].startswith("postgres:16")
     assert "pg_isready" in postgres["healthcheck"]["test"]
     volume = postgres["volumes"][0].split(":")[0]
@@ -652,7 +671,9 @@ def test_provision_migrates_and_the_model_is_seeded_before_infer(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     provision = environment(services["provision"])
-    assert provision["DATABASE_URL"] == environment(services["persist"])["DATABASE_URL"]
+    admin = urllib.parse.urlsplit(provision["ADMIN_DATABASE_URL"])
+    persist = urllib.parse.urlsplit(environment(services["persist"])["PERSIST_DATABASE_URL"])
+    assert (admin.hostname, admin.path) == (persist.hostname, persist.path)
     assert services["provision"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
     seed = services["seed-model"]
     assert seed["build"]["target"] == "infer", "only the infer image carries the model"

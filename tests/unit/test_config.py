@@ -161,3 +161,53 @@ def test_cors_origins_list(clean_env: pytest.MonkeyPatch) -> None:
         "https://a.example",
         "http://127.0.0.1:3000",
     )
+
+
+@pytest.mark.parametrize(
+    ("cls", "old", "new"),
+    [
+        (IngestSettings, "INGEST_ALLOW_PRIVATE_CALLBACKS", "INGEST_ALLOW_LOOPBACK_CALLBACKS"),
+        (NotifySettings, "NOTIFY_ALLOW_PRIVATE_CALLBACKS", "NOTIFY_ALLOW_LOOPBACK_CALLBACKS"),
+    ],
+)
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_retired_allow_private_variable_stops_the_start(
+    clean_env: pytest.MonkeyPatch,
+    cls: type[IngestSettings] | type[NotifySettings],
+    old: str,
+    new: str,
+    value: str,
+) -> None:
+    """It allowed every address; its replacement allows loopback only. Ignoring it would
+    quietly change what the operator asked for, so the start fails naming the new one."""
+    clean_env.setenv("DATABASE_URL", DB)
+    clean_env.setenv("NOTIFY_WEBHOOK_SECRET", WHSEC)
+    clean_env.setenv(old, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cls)
+    assert f"{old} is no longer read" in str(info.value)
+    assert f"use {new}" in str(info.value)
+    clean_env.delenv(old)
+    clean_env.setenv(new, "true")
+    assert load_settings(cls).allow_loopback_callbacks is True
+
+
+def test_input_limits_are_one_setting_for_ingest_and_infer(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("DATABASE_URL", DB)
+    defaults = load_settings(IngestSettings), load_settings(InferSettings)
+    assert [(s.max_inputs, s.max_input_chars) for s in defaults] == [(256, 20_000)] * 2
+    clean_env.setenv("MAX_INPUTS", "8")
+    clean_env.setenv("MAX_INPUT_CHARS", "100")
+    both = load_settings(IngestSettings), load_settings(InferSettings)
+    assert [(s.max_inputs, s.max_input_chars) for s in both] == [(8, 100)] * 2
+    clean_env.setenv("INGEST_MAX_INPUTS", "4")  # the documented per-service names still win
+    clean_env.setenv("INFER_MAX_INPUT_CHARS", "50")
+    assert load_settings(IngestSettings).max_inputs == 4
+    assert load_settings(InferSettings).max_inputs == 8
+    assert load_settings(InferSettings).max_input_chars == 50
+    assert load_settings(IngestSettings).max_input_chars == 100
+    clean_env.setenv("INFER_MAX_INPUTS", "0")
+    with pytest.raises(ConfigError, match="INFER_MAX_INPUTS or MAX_INPUTS"):
+        load_settings(InferSettings)

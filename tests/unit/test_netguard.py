@@ -14,6 +14,7 @@ from shared.netguard import (
     CallbackRefused,
     check_url,
     classify,
+    is_loopback,
     parse_host,
     resolve_and_check,
 )
@@ -67,6 +68,12 @@ REFUSED = [
     ("2001:0:a00:1::f7f7:f7f7", "Teredo 2001::/32 server embedding 10.0.0.1"),
 ]
 
+# What allow_loopback (the development relaxation) lets through, and nothing else of REFUSED.
+LOOPBACK = {
+    ipaddress.ip_address(address)
+    for address in ("127.0.0.1", "127.255.255.254", "::1", "::ffff:127.0.0.1")
+}
+
 PUBLIC = [
     "8.8.8.8",
     "1.1.1.1",
@@ -98,6 +105,14 @@ def test_each_refused_range(address: str, reason: str) -> None:
 @pytest.mark.parametrize("address", PUBLIC)
 def test_public_addresses_pass(address: str) -> None:
     assert classify(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(("address", "reason"), REFUSED)
+def test_is_loopback_only_for_loopback(address: str, reason: str) -> None:
+    """127.0.0.0/8, ::1 and IPv4-mapped 127.x only: not NAT64, 6to4, Teredo or ::/96 forms
+    of 127.0.0.1 (routed off this host), nor 0.0.0.0, link-local or private addresses."""
+    parsed = ipaddress.ip_address(address)
+    assert is_loopback(parsed) is (parsed in LOOPBACK)
 
 
 def test_is_global_is_not_trusted() -> None:
@@ -208,7 +223,7 @@ REFUSED_URLS = [
 
 @pytest.mark.parametrize(("url", "reason"), REFUSED_URLS)
 def test_private_literal_urls_are_refused(url: str, reason: str) -> None:
-    problem = check_url(url, allow_private=False)
+    problem = check_url(url, allow_loopback=False)
     assert problem is not None
     assert reason in problem
 
@@ -226,13 +241,40 @@ def test_private_literal_urls_are_refused(url: str, reason: str) -> None:
     ],
 )
 def test_public_urls_pass(url: str) -> None:
-    assert check_url(url, allow_private=False) is None
-    assert check_url(url, allow_private=True) is None
+    assert check_url(url, allow_loopback=False) is None
+    assert check_url(url, allow_loopback=True) is None
 
 
-@pytest.mark.parametrize("url", [url for url, _ in REFUSED_URLS if "0177.0.0.1/" not in url])
-def test_allow_private_allows_every_address(url: str) -> None:
-    assert check_url(url, allow_private=True) is None
+LOOPBACK_URLS = {
+    "http://2130706433/hook",
+    "http://0x7f000001/hook",
+    "http://0177.0.0.1./hook",
+    "http://127.1/hook",
+    "http://127.0.1/hook",
+    "http://0x7f.1/hook",
+    "http://127.0.0.1:8080/hook",
+    "http://[::1]:8080/hook",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:7f00:1]/",
+    "http://localhost:8000/",
+    "http://hooks.localhost/",
+}
+
+
+@pytest.mark.parametrize("url", sorted(LOOPBACK_URLS))
+def test_allow_loopback_allows_loopback_urls(url: str) -> None:
+    assert check_url(url, allow_loopback=True) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"), [(url, reason) for url, reason in REFUSED_URLS if url not in LOOPBACK_URLS]
+)
+def test_allow_loopback_still_refuses_every_other_range(url: str, reason: str) -> None:
+    """The development relaxation is loopback only: metadata, private, CGNAT, IPv4 inside
+    IPv6 (but IPv4-mapped 127.x) stay refused."""
+    problem = check_url(url, allow_loopback=True)
+    assert problem is not None
+    assert reason in problem
 
 
 NOT_HTTP = [
@@ -247,9 +289,9 @@ NOT_HTTP = [
 
 
 @pytest.mark.parametrize("url", NOT_HTTP)
-@pytest.mark.parametrize("allow_private", [False, True])
-def test_only_http_and_https(url: str, allow_private: bool) -> None:
-    assert check_url(url, allow_private=allow_private) == "the scheme must be http or https"
+@pytest.mark.parametrize("allow_loopback", [False, True])
+def test_only_http_and_https(url: str, allow_loopback: bool) -> None:
+    assert check_url(url, allow_loopback=allow_loopback) == "the scheme must be http or https"
 
 
 @pytest.mark.parametrize(
@@ -261,9 +303,9 @@ def test_only_http_and_https(url: str, allow_private: bool) -> None:
         "http://user:secret@127.0.0.1/",
     ],
 )
-@pytest.mark.parametrize("allow_private", [False, True])
-def test_credentials_are_refused_and_not_quoted(url: str, allow_private: bool) -> None:
-    problem = check_url(url, allow_private=allow_private)
+@pytest.mark.parametrize("allow_loopback", [False, True])
+def test_credentials_are_refused_and_not_quoted(url: str, allow_loopback: bool) -> None:
+    problem = check_url(url, allow_loopback=allow_loopback)
     assert problem is not None
     assert "credentials" in problem
     assert "secret" not in problem
@@ -283,16 +325,16 @@ def test_credentials_are_refused_and_not_quoted(url: str, allow_private: bool) -
     ],
 )
 def test_malformed_urls(url: str, reason: str) -> None:
-    for allow_private in (False, True):
-        problem = check_url(url, allow_private=allow_private)
+    for allow_loopback in (False, True):
+        problem = check_url(url, allow_loopback=allow_loopback)
         assert problem is not None
         assert reason in problem
 
 
 def test_the_length_limit_is_inclusive() -> None:
     base = "https://hooks.example.com/"
-    assert check_url(base + "a" * (2048 - len(base)), allow_private=False) is None
-    assert check_url(base + "a" * (2049 - len(base)), allow_private=False) is not None
+    assert check_url(base + "a" * (2048 - len(base)), allow_loopback=False) is None
+    assert check_url(base + "a" * (2049 - len(base)), allow_loopback=False) is not None
 
 
 # -- resolution -----------------------------------------------------------------------------
@@ -313,7 +355,9 @@ class ScriptedResolver:
 @pytest.mark.anyio
 async def test_a_public_answer_is_returned() -> None:
     resolver = ScriptedResolver(["93.184.216.34", "2606:2800:220:1::1", "93.184.216.34"])
-    addresses = await resolve_and_check("hook.example", 443, allow_private=False, resolver=resolver)
+    addresses = await resolve_and_check(
+        "hook.example", 443, allow_loopback=False, resolver=resolver
+    )
     assert addresses == [
         ipaddress.ip_address("93.184.216.34"),
         ipaddress.ip_address("2606:2800:220:1::1"),
@@ -327,7 +371,7 @@ async def test_any_private_answer_refuses_the_name(address: str, reason: str) ->
     """Not only the first answer counts: the private one may be listed last."""
     resolver = ScriptedResolver(["93.184.216.34", address])
     with pytest.raises(CallbackRefused) as caught:
-        await resolve_and_check("hook.example", 80, allow_private=False, resolver=resolver)
+        await resolve_and_check("hook.example", 80, allow_loopback=False, resolver=resolver)
     assert f"hook.example resolves to {ipaddress.ip_address(address)}: " in str(caught.value)
     assert reason in str(caught.value)
     assert isinstance(caught.value, ConveyorError)
@@ -339,42 +383,61 @@ async def test_literals_are_never_resolved(host: str, address: str) -> None:
     resolver = ScriptedResolver(["8.8.8.8"])
     expected = ipaddress.ip_address(address)
     if classify(expected) is None:
-        got = await resolve_and_check(host, 80, allow_private=False, resolver=resolver)
+        got = await resolve_and_check(host, 80, allow_loopback=False, resolver=resolver)
         assert got == [expected]
     else:
         with pytest.raises(CallbackRefused, match=str(expected)):
-            await resolve_and_check(host, 80, allow_private=False, resolver=resolver)
-    assert await resolve_and_check(host, 80, allow_private=True, resolver=resolver) == [expected]
+            await resolve_and_check(host, 80, allow_loopback=False, resolver=resolver)
+    if classify(expected) is None or expected in LOOPBACK:
+        got = await resolve_and_check(host, 80, allow_loopback=True, resolver=resolver)
+        assert got == [expected]
+    else:
+        with pytest.raises(CallbackRefused, match=str(expected)):
+            await resolve_and_check(host, 80, allow_loopback=True, resolver=resolver)
     assert resolver.calls == []
 
 
 @pytest.mark.anyio
-async def test_allow_private_skips_the_address_rules() -> None:
-    resolver = ScriptedResolver(["127.0.0.1", "10.0.0.1"])
-    got = await resolve_and_check("hook.example", 80, allow_private=True, resolver=resolver)
-    assert got == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.1")]
+async def test_allow_loopback_lets_a_name_resolve_to_loopback() -> None:
+    resolver = ScriptedResolver(["127.0.0.1", "::1", "::ffff:127.0.0.2", "127.0.0.1"])
+    got = await resolve_and_check("hook.example", 80, allow_loopback=True, resolver=resolver)
+    assert got == [ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "::ffff:127.0.0.2")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [(a, r) for a, r in REFUSED if ipaddress.ip_address(a) not in LOOPBACK],
+)
+async def test_allow_loopback_still_refuses_any_other_answer(address: str, reason: str) -> None:
+    """Any non-loopback, non-public answer refuses the name, even next to a loopback one."""
+    resolver = ScriptedResolver(["127.0.0.1", address])
+    with pytest.raises(CallbackRefused) as caught:
+        await resolve_and_check("hook.example", 80, allow_loopback=True, resolver=resolver)
+    assert f"hook.example resolves to {ipaddress.ip_address(address)}: " in str(caught.value)
+    assert reason in str(caught.value)
 
 
 @pytest.mark.anyio
 async def test_no_answer_is_a_lookup_failure_not_a_refusal() -> None:
     resolver = ScriptedResolver([])
     with pytest.raises(socket.gaierror):
-        await resolve_and_check("hook.example", 80, allow_private=False, resolver=resolver)
+        await resolve_and_check("hook.example", 80, allow_loopback=False, resolver=resolver)
 
 
 @pytest.mark.anyio
 async def test_an_answer_that_is_not_an_address_is_refused() -> None:
     resolver = ScriptedResolver(["not-an-ip"])
     with pytest.raises(CallbackRefused, match="not an IP address"):
-        await resolve_and_check("hook.example", 80, allow_private=False, resolver=resolver)
+        await resolve_and_check("hook.example", 80, allow_loopback=False, resolver=resolver)
 
 
 @pytest.mark.anyio
 async def test_the_system_resolver_answers_for_localhost() -> None:
     """The default resolver (getaddrinfo through anyio) on a name that never leaves the host."""
     with pytest.raises(CallbackRefused, match=r"localhost resolves to .*: loopback"):
-        await resolve_and_check("localhost", 80, allow_private=False)
-    addresses = await resolve_and_check("localhost", 80, allow_private=True)
+        await resolve_and_check("localhost", 80, allow_loopback=False)
+    addresses = await resolve_and_check("localhost", 80, allow_loopback=True)
     assert addresses
     assert all(address.is_loopback for address in addresses)
 
@@ -387,6 +450,7 @@ def test_the_public_names() -> None:
         "Resolver",
         "check_url",
         "classify",
+        "is_loopback",
         "parse_host",
         "resolve_and_check",
         "system_resolver",

@@ -32,7 +32,7 @@ def test_redrive_policy_and_retention() -> None:
             "deadLetterTargetArn": f"arn:aws:sqs:eu-west-1:111122223333:{queue.dlq_name}",
             "maxReceiveCount": 12 if queue.key == "notify" else 3,
         }
-        assert int(queue.dlq_attributes()["MessageRetentionPeriod"]) > int(
+        assert int(queue.dlq_attributes("source")["MessageRetentionPeriod"]) > int(
             queue.attributes()["MessageRetentionPeriod"]
         )
 
@@ -80,6 +80,13 @@ def test_policies_are_least_privilege() -> None:
     ingest = _grants("ingest", topology)
     assert {r for a, r in ingest if a == "sqs:SendMessage"} == infer_queues
     assert not any(a in ("sqs:ReceiveMessage", "sqs:DeleteMessage") for a, _ in ingest)
+    # ingest offloads payloads and never reads them back.
+    assert ("s3:PutObject", "arn:aws:s3:::conveyor-payloads/*") in ingest
+    assert ("s3:GetObject", "arn:aws:s3:::conveyor-payloads/*") not in ingest
+    # ingest reads models' LATEST pointers (is a version deployed?), no model file.
+    assert {r for a, r in ingest if r.startswith("arn:aws:s3:::conveyor-models")} == {
+        "arn:aws:s3:::conveyor-models/*/LATEST"
+    }
     infer = _grants("infer", topology)
     assert {r for a, r in infer if a == "sqs:ReceiveMessage"} == infer_queues
     assert {r for a, r in infer if a == "sqs:SendMessage"} == {q("conveyor-results")}
