@@ -19,6 +19,7 @@ import anyio
 from shared.config import CommonSettings, load_settings
 from shared.errors import ConfigError, ConveyorError, leaves
 from shared.lifeline import exit_with_supervisor
+from shared.liveness import DEFAULT_STALE_AFTER_S, serve_metrics_and_health
 from shared.telemetry import configure_logging, get_logger
 from shared.tracing import configure_tracing, shutdown_tracing
 
@@ -44,9 +45,11 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
     configure_tracing(name)
     log = get_logger(name)
     if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        # /metrics, and /healthz: whether the receive loops are alive (a liveness probe).
+        stale_after_s = max(DEFAULT_STALE_AFTER_S, 4.0 * settings.sqs_wait_s)
+        serve_metrics_and_health(
+            settings.metrics_port, settings.metrics_host, stale_after_s=stale_after_s
+        )
         log.info("metrics", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
 
     async def run() -> None:

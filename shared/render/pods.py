@@ -150,14 +150,14 @@ def probes(service: str) -> dict[str, Any]:
             "readinessProbe": _http("/readyz", period=5, failures=2),
             "livenessProbe": _http("/healthz", period=10, failures=3),
         }
-    # A worker serves Prometheus on its metrics port from the start of its process, and exits
-    # (so is restarted) when its queues cannot be resolved or its receive loop raises. A TCP
-    # probe proves no more than that the process serves: a receive loop that hangs without
-    # raising goes unseen until the consumer publishes its last poll (deploy/README.md).
-    tcp = {"tcpSocket": {"port": "metrics"}}
+    # A worker serves /metrics and /healthz on its metrics port from the start of its process
+    # (shared.liveness): /healthz is 503 once its SQS receive loop has made no progress (no
+    # receive, no message finished) for minutes, so a loop that hangs without raising is
+    # restarted; a model still loading has no loop yet and is not "dead".
+    health = {"httpGet": {"path": "/healthz", "port": "metrics"}, "timeoutSeconds": 3}
     return {
-        "startupProbe": {**tcp, "periodSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {**tcp, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {**health, "periodSeconds": 2, "failureThreshold": 60},
+        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
     }
 
 

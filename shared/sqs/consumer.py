@@ -36,6 +36,7 @@ from shared.aws.errors import aws_errors
 from shared.batching import Batcher
 from shared.config import AwsSettings, CommonSettings
 from shared.errors import AccessDenied, AwsError, ResourceNotFound
+from shared.liveness import LIVENESS
 from shared.messages import PoisonMessage
 from shared.metrics import DLQ_MOVES, HOP_DURATION
 from shared.sqs.retry import RetryLater, RetryPolicy
@@ -112,6 +113,8 @@ class SqsConsumer:
         self.max_receive_count: int | None = None
         """The queue's redrive ``maxReceiveCount`` (read at start; None: no DLQ)."""
         self.stats = ConsumerStats()
+        self._loop = f"{name} {queue_url.rsplit('/', 1)[-1]}"
+        """This consumer's name in :data:`~shared.liveness.LIVENESS`."""
         self._held: dict[str, ReceivedMessage] = {}
         self._log = get_logger(name).bind(queue=queue_url.rsplit("/", 1)[-1])
         self._deleter: Batcher[ReceivedMessage, None] = Batcher(
@@ -152,12 +155,15 @@ class SqsConsumer:
             with anyio.CancelScope() as handling:
                 services.start_soon(self._cancel_after_grace, stopping, handling)
                 send, receive = anyio.create_memory_object_stream[ReceivedMessage](0)
-                async with anyio.create_task_group() as workers:
-                    workers.start_soon(self._receive_loop, send, stopping)
-                    for _ in range(self.concurrency):
-                        workers.start_soon(self._worker, receive.clone(), stopping)
-                    receive.close()
-                    task_status.started()
+                try:
+                    async with anyio.create_task_group() as workers:
+                        workers.start_soon(self._receive_loop, send, stopping)
+                        for _ in range(self.concurrency):
+                            workers.start_soon(self._worker, receive.clone(), stopping)
+                        receive.close()
+                        task_status.started()
+                finally:
+                    LIVENESS.forget(self._loop)  # stopped on purpose: not a dead loop
             # Every message received was deleted, retried or given back.
             services.cancel_scope.cancel()
         self._log.info("consumer stopped", summary=self.stats.summary())
@@ -173,14 +179,17 @@ class SqsConsumer:
         self, send: MemoryObjectSendStream[ReceivedMessage], stopping: anyio.Event
     ) -> None:
         failures = 0
+        LIVENESS.beat(self._loop)  # watched from its start
         async with send:
             while not stopping.is_set():
                 try:
                     batch = await self._receive_batch()
                     failures = 0
+                    LIVENESS.beat(self._loop)
                 except (AccessDenied, ResourceNotFound):
                     raise
                 except AwsError as exc:
+                    LIVENESS.beat(self._loop)  # alive, and retrying: SQS is the problem
                     failures += 1
                     delay = min(0.5 * 2**failures, 10.0)
                     self._log.warning("receive failed", error=str(exc), retry_in_s=delay)
@@ -273,6 +282,7 @@ class SqsConsumer:
                 log.warning("delete failed", error=str(exc))
         finally:
             self._held.pop(message.receipt_handle, None)
+            LIVENESS.beat(self._loop)  # a full hand-over waits on handlers: they progress
             HOP_DURATION.labels(self.name, outcome).observe(time.perf_counter() - began)
             # What the handler bound (job_id, trace_id...) was about this message only.
             structlog.contextvars.clear_contextvars()

@@ -393,6 +393,19 @@ def test_infer_scales_to_zero_and_counts_work_in_flight() -> None:
     assert pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
 
 
+def test_workers_liveness_asks_whether_the_receive_loop_is_alive() -> None:
+    """Not a TCP probe: a process can serve its port while its receive loop hangs."""
+    docs = default_manifests()
+    for name in ("infer-all-minilm-l6-v2", "persist", "notify"):
+        deployment = named(docs, "Deployment", f"conveyor-{name}")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
+        assert {"name": "metrics", "containerPort": 9090} in [
+            {k: p[k] for k in ("name", "containerPort")} for p in container["ports"]
+        ]
+
+
 def test_ingest_is_served_probed_and_scaled_on_cpu() -> None:
     docs = default_manifests()
     deployment = named(docs, "Deployment", "conveyor-ingest")

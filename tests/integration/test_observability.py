@@ -237,6 +237,17 @@ async def test_the_figures_move_as_jobs_flow(observed: Observed) -> None:
     assert value(after["infer"], "conveyor_db_pool_max_connections") == 0  # infer has none
 
 
+async def test_every_worker_answers_its_liveness_probe(observed: Observed) -> None:
+    """/healthz on the metrics port: the receive loop of each running worker is alive."""
+    async with httpx.AsyncClient() as http:
+        for service in ("infer", "persist", "notify"):
+            response = await http.get(f"http://127.0.0.1:{observed.ports[service]}/healthz")
+            assert (response.status_code, response.json()) == (
+                200,
+                {"status": "ok", "stale_s": {}},
+            ), service
+
+
 async def test_poison_counts_as_a_dlq_move_on_its_last_delivery(observed: Observed) -> None:
     stack = observed.dev.stack
     queue = stack.topology.infer_queue(TINY)

@@ -231,3 +231,24 @@ async def test_heartbeat_keeps_a_long_job_invisible(queue: ScratchQueue) -> None
     assert deliveries == 1
     assert c.stats.succeeded == 1
     assert await depth(queue) == 0
+
+
+async def test_the_receive_loop_is_watched_while_it_runs_and_forgotten_when_it_stops(
+    queue: ScratchQueue,
+) -> None:
+    """What /healthz on a worker's metrics port reads (shared.liveness)."""
+    from shared.liveness import LIVENESS
+
+    loop = f"liveness-test {queue.url.rsplit('/', 1)[-1]}"
+    watched: list[bool] = []
+    done = anyio.Event()
+
+    async def handler(message: ReceivedMessage) -> None:
+        watched.append(loop in LIVENESS.stale(after_s=-1))  # every registered loop
+        done.set()
+
+    await publish(queue, ["one"])
+    c = await consumer(queue, handler, name="liveness-test")
+    await run_until(c, done)
+    assert watched == [True]
+    assert loop not in LIVENESS.stale(after_s=-1)
