@@ -57,7 +57,8 @@ def quantile(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     metrics_port = free_port()
-    extra = {"infer": {"INFER_METRICS_PORT": str(metrics_port)}}
+    infer_env = dict(item.split("=", 1) for item in args.infer_env)
+    extra = {"infer": {**infer_env, "INFER_METRICS_PORT": str(metrics_port)}}
     options = DevOptions(http_port=0, extra=extra, tenant="benchmark")
     async with Emulator(EmulatorOptions()) as stack, DevStack(stack, options) as dev:
         api_key, port = dev.api_key, dev.http_port
@@ -132,4 +133,11 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--texts-per-job", type=int, default=1)
+    parser.add_argument(
+        "--infer-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for infer, e.g. INFER_TORCH_THREADS=1 (repeatable)",
+    )
     anyio.run(main, parser.parse_args())

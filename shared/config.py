@@ -395,6 +395,13 @@ class InferSettings(_InputLimits):
     cache_dir: str | None = Field(
         default=None, description="where pulled model artifacts are cached (default: a temp dir)"
     )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch's threads on the CPU (default: the CPUs this process may use, "
+        "from its affinity and its cgroup CPU quota)",
+    )
 
     @model_validator(mode="after")
     def _check_model(self) -> InferSettings:

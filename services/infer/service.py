@@ -29,6 +29,7 @@ from services.infer.limits import over_limits
 from services.infer.metrics import JOBS, MODEL_INFO, MODEL_LOAD
 from services.infer.registry import fetch_model, wait_for_version
 from services.infer.runner import ModelFailure, ModelRunner
+from services.infer.threads import configure_torch_threads
 from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
@@ -62,6 +63,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
     aws = settings.aws()
     import_handler_modules(settings.handler_modules)
     device = choose_device(settings.device)
+    threads = configure_torch_threads(settings.torch_threads)
     # INFER_CACHE_DIR keeps verified artifacts across restarts; without it, a temporary
     # directory lives as long as the worker.
     scratch = (
@@ -93,6 +95,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 version=version,
                 kind=manifest.kind,
                 device=str(device),
+                torch_threads=threads,
                 seconds=round(anyio.current_time() - began, 2),
             )
             runner = ModelRunner(

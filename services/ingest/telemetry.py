@@ -73,25 +73,38 @@ class SubmissionTelemetry:
         began = time.perf_counter()
         context = structlog.contextvars.get_contextvars()
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
         with self._server_span(scope) as span:
+
+            def annotate() -> None:
+                # FastAPI's own server span ends with the response: annotate it before.
+                if not span.is_recording():
+                    return
+                span.set_attribute("http.response.status_code", status)
+                if status >= 400:
+                    span.set_attribute("conveyor.refused", reason_of(status))
+                if status >= 500:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR))
+
+            def reason_of(code: int) -> str:
+                state = scope.get("state", {})
+                return str(state.get(_REASON) or _BY_STATUS.get(code, "other"))
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    annotate()
+                await send(message)
+
             try:
                 await self.app(scope, receive, send_status)
+            except BaseException:
+                annotate()  # no response was started: a 500
+                raise
             finally:
-                span.set_attribute("http.response.status_code", status)
                 refused = status >= 400
                 if refused:
-                    state = scope.get("state", {})
-                    reason = state.get(_REASON) or _BY_STATUS.get(status, "other")
-                    JOBS_REFUSED.labels(reason).inc()
-                    span.set_attribute("conveyor.refused", reason)
-                    if status >= 500:
-                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                    JOBS_REFUSED.labels(reason_of(status)).inc()
                 outcome = "refused" if refused else "accepted"
                 HOP_DURATION.labels("ingest", outcome).observe(time.perf_counter() - began)
                 structlog.contextvars.clear_contextvars()

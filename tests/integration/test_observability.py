@@ -237,6 +237,16 @@ async def test_the_figures_move_as_jobs_flow(observed: Observed) -> None:
     assert value(after["infer"], "conveyor_db_pool_max_connections") == 0  # infer has none
 
 
+async def test_no_span_is_annotated_after_it_ended(observed: Observed) -> None:
+    """FastAPI's server span ends with the response: a late attribute is a warning per job
+    (OpenTelemetry's "Setting attribute on ended span"), and it is lost."""
+    response = await observed.api.post("/v1/jobs", json={"model": "nope", "inputs": ["x"]})
+    assert response.status_code == 422
+    await anyio.sleep(0.5)
+    for name, process in observed.dev.supervisor.processes.items():
+        assert "ended span" not in process.output, name
+
+
 async def test_every_worker_answers_its_liveness_probe(observed: Observed) -> None:
     """/healthz on the metrics port: the receive loop of each running worker is alive."""
     async with httpx.AsyncClient() as http:
