@@ -19,16 +19,29 @@ from shared.aws.clients import AwsClients
 from shared.aws.errors import aws_errors
 from shared.messages import Envelope, MessageType, PayloadRef, PoisonMessage, decode_envelope
 
-__all__ = ["ClaimCheck"]
+__all__ = ["MAX_PAYLOAD_BYTES", "ClaimCheck"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+"""The largest claim-checked payload opened (a job's inputs are at most ingest's 1 MiB body;
+its vectors a few MiB): a reference to anything bigger is refused before a byte is read."""
+
+
 class ClaimCheck:
-    def __init__(self, clients: AwsClients, bucket: str, threshold_bytes: int) -> None:
+    def __init__(
+        self,
+        clients: AwsClients,
+        bucket: str,
+        threshold_bytes: int,
+        *,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
         self._clients = clients
         self.bucket = bucket
         self.threshold_bytes = threshold_bytes
+        self.max_bytes = max_bytes
 
     async def seal(
         self,
@@ -73,11 +86,32 @@ class ClaimCheck:
             return envelope.payload
         ref = envelope.payload_ref
         assert ref is not None  # the envelope's validator guarantees one of the two
+        # A producer other than ingest can reach the queues: what it points at is checked
+        # before it is read, and never read past the size it declares.
+        where = f"s3://{ref.bucket}/{ref.key}"
+        if ref.bucket != self.bucket:
+            raise PoisonMessage(f"claim-checked payload {where} is not in {self.bucket}")
+        if not 0 <= ref.size <= self.max_bytes:
+            raise PoisonMessage(
+                f"claim-checked payload {where} declares {ref.size} bytes, over the "
+                f"{self.max_bytes} a payload may have"
+            )
         s3 = await self._clients.s3()
-        with aws_errors(self._clients.settings, resource=f"s3://{ref.bucket}/{ref.key}"):
+        with aws_errors(self._clients.settings, resource=where):
             response = await s3.get_object(Bucket=ref.bucket, Key=ref.key)
-            async with response["Body"] as stream:
-                raw = await stream.read()
+            body = response["Body"]
+            chunks: list[bytes] = []
+            wanted = ref.size + 1  # one more byte than declared tells "bigger"
+            try:
+                while wanted > 0:  # a read gives what has arrived, perhaps less than asked
+                    chunk = await body.read(wanted)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    wanted -= len(chunk)
+            finally:
+                body.close()  # the rest, if any, is never read
+            raw = b"".join(chunks)
         if len(raw) != ref.size or hashlib.sha256(raw).hexdigest() != ref.sha256:
             raise PoisonMessage(f"claim-checked payload s3://{ref.bucket}/{ref.key} was altered")
         data = json.loads(raw)

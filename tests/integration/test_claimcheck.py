@@ -71,3 +71,47 @@ async def test_wrong_type_and_bad_payload_are_poison(stack: Stack) -> None:
         broken = sealed.model_copy(update={"payload": {"model": "m"}})
         with pytest.raises(PoisonMessage, match="inputs"):
             await claims.read(broken.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)
+
+
+async def test_a_reference_to_a_huge_or_foreign_payload_is_poison_before_any_read(
+    stack: Stack,
+) -> None:
+    """A producer other than ingest could point a worker at anything: it must not read it."""
+    bucket = stack.topology.payloads_bucket.name
+    async with AwsClients(stack.admin) as clients:
+        claims = ClaimCheck(clients, bucket, threshold_bytes=1024, max_bytes=10_000)
+        sealed = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=request(5000)
+        )
+        assert sealed.payload_ref is not None
+        ref = sealed.payload_ref
+        huge = sealed.model_copy(update={"payload_ref": ref.model_copy(update={"size": 10**12})})
+        with pytest.raises(PoisonMessage, match="declares 1000000000000 bytes"):
+            await claims.read(huge.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)
+        models = stack.topology.models_bucket.name
+        foreign = sealed.model_copy(
+            update={"payload_ref": ref.model_copy(update={"bucket": models})}
+        )
+        with pytest.raises(PoisonMessage, match=f"is not in {bucket}"):
+            await claims.read(foreign.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)
+        # An object bigger than declared is caught after one byte more than declared.
+        s3 = await clients.s3()
+        await s3.put_object(Bucket=bucket, Key=ref.key, Body=b"x" * (ref.size + 5000))
+        with pytest.raises(PoisonMessage, match="altered"):
+            await claims.read(sealed.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest)
+
+
+async def test_a_payload_of_many_reads_comes_back_whole(stack: Stack) -> None:
+    """S3's body arrives in pieces: a multi-megabyte payload is read to its declared size."""
+    bucket = stack.topology.payloads_bucket.name
+    async with AwsClients(stack.admin) as clients:
+        claims = ClaimCheck(clients, bucket, threshold_bytes=1024)
+        big = request(4 * 1024 * 1024)
+        sealed = await claims.seal(
+            MessageType.JOB_REQUESTED, job_id=uuid.uuid4(), tenant="t", payload=big
+        )
+        assert sealed.payload_ref is not None and sealed.payload_ref.size > 4 * 1024 * 1024
+        _, opened = await claims.read(
+            sealed.model_dump_json(), MessageType.JOB_REQUESTED, JobRequest
+        )
+        assert opened == big
