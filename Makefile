@@ -12,7 +12,7 @@ CHECKOV_SPEC ?= checkov==3.3.30
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint unit integration bench install clean
+.PHONY: dev test lint unit integration containers images image-infer-cuda bench install clean
 
 PORT ?= 8000
 
@@ -32,6 +32,18 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
+
+containers: $(STAMP)
+	$(BIN)/pytest tests/containers -s
+
+# conveyor-<service>:<version> and :dev for every target of compose/Dockerfile (a Docker engine
+# is needed; compose/build-images.sh lists the settings). The infer image is the CPU one.
+images:
+	TORCH_SPEC="$(TORCH_SPEC)" compose/build-images.sh
+
+# conveyor-infer:<version>-cuda: torch built for CUDA from the PyTorch index (several GB).
+image-infer-cuda:
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_VARIANT=cuda TARGETS=infer compose/build-images.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/emulator_startup.py

@@ -1,10 +1,11 @@
-"""Build-time check of the images without torch (run by compose/Dockerfile, stage venv-base).
+"""Build-time check of each image's venv (compose/Dockerfile: ``check_imports.py base|infer``).
 
-Those images install the project wheel with ``--no-deps`` and their dependencies from
-``compose/requirements-base.txt``. This proves both halves: torch and the model stack are
-absent, and every module that ingest, persist, notify and ``conveyor provision`` can load
-imports, so a dependency missing from the list fails the build instead of a container start.
-tests/unit/test_compose.py runs :func:`import_all` with everything outside that list hidden.
+The images install the project wheel with ``--no-deps`` and their dependencies from
+``compose/requirements-<image>.txt``. This proves both halves: what must be absent is (torch
+and the model stack outside infer; the emulator's moto and PostgreSQL everywhere), and every
+module the image runs imports, so a dependency missing from a list fails the build instead of
+a container start. tests/unit/test_compose.py runs :func:`import_all` with everything outside
+the base list hidden.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import importlib.util
 import pkgutil
 import sys
 
-ABSENT = ("torch", "transformers", "sentence_transformers", "safetensors")
+ABSENT = ("torch", "transformers", "sentence_transformers", "safetensors", "moto", "pgserver")
 PACKAGES = ("shared", "services.ingest", "services.persist", "services.notify")
+# infer: torch and the model stack, still no emulator and no sentence-transformers.
+INFER_ABSENT = ("sentence_transformers", "moto", "pgserver")
+INFER_PACKAGES = ("shared", "services.infer")
 
 
 def installed(names: tuple[str, ...] = ABSENT) -> list[str]:
@@ -36,15 +40,21 @@ def import_all(packages: tuple[str, ...] = PACKAGES) -> list[str]:
     return done
 
 
-def main() -> int:
-    present = installed()
+def main(argv: list[str]) -> int:
+    image = argv[0] if argv else "base"
+    absent, packages = (INFER_ABSENT, INFER_PACKAGES) if image == "infer" else (ABSENT, PACKAGES)
+    present = installed(absent)
     if present:
         print(f"installed but must not be: {', '.join(present)}", file=sys.stderr)  # noqa: T201
         return 1
-    modules = import_all()
-    print(f"ok: {len(modules)} modules import without {', '.join(ABSENT)}")  # noqa: T201
+    modules = import_all(packages)
+    if image == "infer":  # the model ships in its package: it must be there, weights and all
+        from services.infer.manifest import default_model_dir
+
+        print(f"model: {default_model_dir()}")  # noqa: T201
+    print(f"ok: {len(modules)} modules import without {', '.join(absent)}")  # noqa: T201
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -31,9 +31,25 @@ def emulator_command(
     database_url: Annotated[
         str | None, typer.Option(envvar="DATABASE_URL", help="Use this PostgreSQL.")
     ] = None,
+    postgres_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="The embedded PostgreSQL also listens on 127.0.0.1 at this port (0: any free "
+            "one), passwords required, and the services' URLs use it: for service containers "
+            "on the host network (compose/offline.yaml).",
+        ),
+    ] = None,
 ) -> None:
     """Start the offline AWS topology and PostgreSQL; print `export` lines; run until Ctrl-C."""
-    run_emulator(env_file=env_file, aws=aws, postgres=postgres, database_url=database_url)
+    run_emulator(
+        env_file=env_file,
+        aws=aws,
+        postgres=postgres,
+        database_url=database_url,
+        postgres_port=postgres_port,
+    )
 
 
 def main() -> None:
@@ -49,6 +65,7 @@ def run_emulator(
     aws: str,
     postgres: str | None,
     database_url: str | None,
+    postgres_port: int | None = None,
 ) -> None:
     if aws not in get_args(AwsBackendName):
         sys.exit(f"--aws must be one of {', '.join(get_args(AwsBackendName))}, not {aws!r}")
@@ -67,6 +84,7 @@ def run_emulator(
             region=settings.aws_region,
             postgres=postgres,  # type: ignore[arg-type]
             database_url=database_url,
+            postgres_port=postgres_port,
             external_url=str(settings.aws_endpoint_url) if settings.aws_endpoint_url else None,
             external_admin=admin,
         )

@@ -39,7 +39,7 @@ from shared.aws.provision import AccessKey, Provisioned, provision
 from shared.config import AwsSettings
 from shared.db import migrate
 from shared.db.roles import GROUPS, credentials_of, drop_login, ensure_login, login_url
-from shared.errors import leaves
+from shared.errors import ConfigError, leaves
 from shared.topology import OBSERVER, SERVICES, Topology
 
 __all__ = ["Emulator", "EmulatorOptions", "Stack", "add_topology"]
@@ -56,6 +56,10 @@ class EmulatorOptions:
     postgres: PostgresBackendName | None = None
     """None: ``url`` when ``database_url`` is given, else ``embedded``."""
     database_url: str | None = None
+    postgres_port: int | None = None
+    """Embedded PostgreSQL only: also listen on 127.0.0.1 at this port (0: a free one), and
+    give the services URLs over TCP with passwords (for service containers on the host
+    network, which cannot reach the server's private socket)."""
     external_url: str | None = None
     """For ``aws="external"``: the endpoint (None: real AWS)."""
     external_admin: AccessKey | None = None
@@ -175,13 +179,15 @@ class Emulator:
     def _postgres_backend(self) -> PostgresBackend:
         o = self.options
         kind = o.postgres or ("url" if o.database_url else "embedded")
+        if o.postgres_port is not None and kind != "embedded":
+            raise ConfigError("a PostgreSQL port applies to the embedded PostgreSQL only")
         if kind == "url":
             if not o.database_url:
                 raise ValueError("postgres='url' needs database_url")
             return ExternalPostgres(o.database_url)
         if kind == "container":
             return ContainerPostgres()
-        return EmbeddedPostgres()
+        return EmbeddedPostgres(tcp_port=o.postgres_port)
 
     async def start(self) -> Stack:
         try:
@@ -213,7 +219,8 @@ class Emulator:
                     await migrate(conn)
                     if isinstance(pg_backend, ExternalPostgres):  # the others vanish whole
                         self._stack.push_async_callback(_drop_logins, database_url, logins)
-                    logins.update(await _make_logins(conn, database_url))
+                    base = getattr(pg_backend, "tcp_url", None) or database_url
+                    logins.update(await _make_logins(conn, base))
                 finally:
                     await conn.close()
 

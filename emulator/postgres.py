@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import warnings
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,23 +27,62 @@ class EmbeddedPostgres:
 
     Starts in about a second, also as root (pgserver switches to its own system user).
     ``aclose`` stops the server and deletes its directory.
+
+    The socket lies in the server's own directory (mode 0700), where only this user and the
+    server reach it, so it trusts whoever connects. With ``tcp_port`` (0: a free one) it also
+    listens on 127.0.0.1 for what cannot reach that socket (service containers on the host
+    network); TCP logins must give their password (scram-sha-256), so the operator's login,
+    which has none, stays on the socket. :attr:`tcp_url` is then the base of service URLs.
     """
 
     name = "embedded"
 
-    def __init__(self) -> None:
+    def __init__(self, tcp_port: int | None = None) -> None:
         self._server: Any = None
         self._dir: str | None = None
+        self._tcp_port = tcp_port
+        self.tcp_url: str | None = None
 
     async def start(self) -> str:
         self._dir = tempfile.mkdtemp(prefix="conveyor-pg-")
         self._server = await anyio.to_thread.run_sync(self._start_blocking, self._dir)
-        conn = await asyncpg.connect(self._server.get_uri())
+        if self._tcp_port is not None:
+            url = await self._listen_on_loopback(self._tcp_port)
+        else:
+            url = str(self._server.get_uri())
+        conn = await asyncpg.connect(url)
         try:
             await conn.execute(f"CREATE DATABASE {DATABASE}")
         finally:
             await conn.close()
-        return str(self._server.get_uri(DATABASE))
+        if self._tcp_port is None:
+            return str(self._server.get_uri(DATABASE))
+        return _with_database(url, DATABASE)
+
+    async def _listen_on_loopback(self, port: int) -> str:
+        """Require passwords over TCP, restart listening on 127.0.0.1:``port`` as well."""
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self._tcp_port = port
+        hba = Path(self._server.pgdata) / "pg_hba.conf"
+        hba.write_text(
+            "".join(
+                (
+                    re.sub(r"\btrust$", "scram-sha-256", line.rstrip())
+                    if line.startswith("host")
+                    else line
+                )
+                + "\n"
+                for line in hba.read_text().splitlines()
+            )
+        )
+        await self.restart()
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        self.tcp_url = f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}"
+        # The socket file is named after the port: the operator's URL names both.
+        return f"postgresql://postgres:@/postgres?host={socket_dir}&port={port}"
 
     @staticmethod
     def _start_blocking(directory: str) -> Any:
@@ -69,8 +112,11 @@ class EmbeddedPostgres:
         socket_dir = server.get_postmaster_info().socket_dir
         await anyio.to_thread.run_sync(ctl, "-w", "-m", "fast", "stop")
         await anyio.sleep(down_s)
-        # The options of the first start: no TCP, the same Unix socket directory.
-        options = f'-h "" -k {socket_dir}'
+        # The options of the first start (no TCP, the same Unix socket directory), or loopback.
+        if self._tcp_port is None:
+            options = f'-h "" -k {socket_dir}'
+        else:
+            options = f"-h 127.0.0.1 -p {self._tcp_port} -k {socket_dir}"
         await anyio.to_thread.run_sync(ctl, "-w", "-l", str(server.log), "-o", options, "start")
 
     async def aclose(self) -> None:
@@ -123,3 +169,8 @@ class ContainerPostgres:
         if container is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(container.stop)
+
+
+def _with_database(url: str, database: str) -> str:
+    """``url`` naming ``database`` instead of the one it names."""
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{database}"))

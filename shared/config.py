@@ -402,6 +402,11 @@ class InferSettings(_InputLimits):
         description="torch's threads on the CPU (default: the CPUs this process may use, "
         "from its affinity and its cgroup CPU quota)",
     )
+    compile: bool = Field(
+        default=False,
+        description="compile the model with torch.compile before the first job (slower "
+        "start; faster calls where Python overhead shows, such as small batches on a GPU)",
+    )
 
     @model_validator(mode="after")
     def _check_model(self) -> InferSettings:

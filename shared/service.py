@@ -47,9 +47,14 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
     if settings.metrics_port is not None:
         # /metrics, and /healthz: whether the receive loops are alive (a liveness probe).
         stale_after_s = max(DEFAULT_STALE_AFTER_S, 4.0 * settings.sqs_wait_s)
-        serve_metrics_and_health(
-            settings.metrics_port, settings.metrics_host, stale_after_s=stale_after_s
-        )
+        try:
+            serve_metrics_and_health(
+                settings.metrics_port, settings.metrics_host, stale_after_s=stale_after_s
+            )
+        except OSError as exc:  # a port in use: one line naming it, not a traceback
+            address = f"{settings.metrics_host}:{settings.metrics_port}"
+            log.error("cannot serve metrics", address=address, error=exc.strerror or str(exc))
+            return EXIT_CONFIG
         log.info("metrics", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
 
     async def run() -> None:

@@ -286,5 +286,31 @@ def alerts(
     _emit(comments + body, output)
 
 
+@render_app.command()
+def policy(
+    service: Annotated[str, typer.Argument(help="ingest, infer, persist or notify")],
+    account_id: Annotated[
+        str, typer.Option(help="The AWS account of the stack's queues (12 digits).")
+    ],
+    region: Annotated[str, typer.Option(help="The stack's region (AWS_REGION).")] = "us-east-1",
+    prefix: Prefix = "conveyor",
+    models: Models = [DEFAULT_MODEL],  # noqa: B006 - typer reads the default, never mutates it
+    output: Output = None,
+) -> None:
+    """One service's IAM policy (JSON), the same document the emulator enforces: for a
+    container run by hand under an instance role or a user of its own."""
+    import json
+
+    from shared.topology import SERVICES, Arns
+
+    if service not in SERVICES:
+        _fail(ConfigError(f"service must be one of {', '.join(SERVICES)}, not {service!r}"))
+    if not (account_id.isdigit() and len(account_id) == 12):
+        _fail(ConfigError(f"--account-id must be 12 digits, not {account_id!r}"))
+    topology = _topology(prefix, models)
+    document = topology.policy_document(service, Arns(region=region, account_id=account_id))
+    _emit(json.dumps(document, indent=2) + "\n", output)
+
+
 if __name__ == "__main__":
     render_app()

@@ -10,6 +10,10 @@ A manifest names its handler ``kind``; a handler class (or any factory) register
         def cost(self, text: str) -> int: ...
         def predict(self, inputs: list[str]) -> list[list[float]]: ...
 
+A handler may also have ``compile() -> None``: with ``INFER_COMPILE=true`` infer calls it once
+after loading, before the first job (the built-in kind wraps its model in ``torch.compile``);
+a handler without it runs as it is.
+
 Modules that register kinds are imported by the operator's ``INFER_HANDLER_MODULES`` setting,
 never because a manifest asked: code to run comes from the deployment, not from the bucket.
 The built-in ``sentence-embedding`` kind (``services.infer.embedding``) is always available.
@@ -32,6 +36,7 @@ __all__ = [
     "HandlerFactory",
     "ModelHandler",
     "choose_device",
+    "compile_handler",
     "import_handler_modules",
     "known_kinds",
     "load_handler",
@@ -118,6 +123,24 @@ def load_handler(kind: str, directory: Path, device: torch.device) -> ModelHandl
         raise ModelLoadError(
             f"the {kind!r} handler could not load the model in {directory} on {device}: {exc}"
         ) from exc
+
+
+def compile_handler(handler: ModelHandler) -> bool:
+    """INFER_COMPILE: call the handler's optional ``compile()`` (blocking: the compiler runs
+    now, not on the first job). False when the handler has none and so runs as it is."""
+    compile_ = getattr(handler, "compile", None)
+    if not callable(compile_):
+        return False
+    try:
+        compile_()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"INFER_COMPILE: the {handler.kind!r} handler could not be compiled: {exc}; "
+            "unset INFER_COMPILE to run it uncompiled"
+        ) from exc
+    return True
 
 
 def choose_device(setting: Literal["auto", "cpu", "cuda"]) -> torch.device:

@@ -24,7 +24,12 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from services.infer.handlers import choose_device, import_handler_modules, load_handler
+from services.infer.handlers import (
+    choose_device,
+    compile_handler,
+    import_handler_modules,
+    load_handler,
+)
 from services.infer.limits import over_limits
 from services.infer.metrics import JOBS, MODEL_INFO, MODEL_LOAD
 from services.infer.registry import fetch_model, wait_for_version
@@ -87,6 +92,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
             manifest, directory = await fetch_model(clients, bucket, model, version, cache_dir)
             began = anyio.current_time()
             handler = await anyio.to_thread.run_sync(load_handler, manifest.kind, directory, device)
+            compiled = settings.compile and await anyio.to_thread.run_sync(compile_handler, handler)
             MODEL_LOAD.labels(model).set(anyio.current_time() - began)
             MODEL_INFO.labels(model, version, manifest.kind, str(device)).set(1)
             log.info(
@@ -96,6 +102,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 kind=manifest.kind,
                 device=str(device),
                 torch_threads=threads,
+                compiled=compiled,
                 seconds=round(anyio.current_time() - began, 2),
             )
             runner = ModelRunner(

@@ -229,6 +229,26 @@ def _resolve(value: Any, arns: Arns, parameters: dict[str, str]) -> Any:
     return {key: _resolve(item, arns, parameters) for key, item in value.items()}
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_render_policy_prints_the_role_policy_of_the_template(service: str) -> None:
+    """``conveyor render policy``: the document a hand-run container's identity needs."""
+    args = ["policy", service, "--account-id", "111122223333", "--region", "eu-west-1"]
+    result = CliRunner().invoke(render_app, args)
+    assert result.exit_code == 0, result.output
+    resources = default_template()["Resources"]
+    (policy,) = resources[f"{service.capitalize()}Role"]["Properties"]["Policies"]
+    arns = Arns(region="eu-west-1", account_id="111122223333")
+    assert json.loads(result.stdout) == _resolve(policy["PolicyDocument"], arns, {})
+
+
+@pytest.mark.parametrize("args", [["observer"], ["infer", "--account-id", "12"]])
+def test_render_policy_refuses_what_it_cannot_render(args: list[str]) -> None:
+    if "--account-id" not in args:
+        args = [*args, "--account-id", "111122223333"]
+    result = CliRunner().invoke(render_app, ["policy", *args])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
 @pytest.mark.parametrize(
     ("topology", "template"),
     [(Topology(), default_template), (TWO_MODELS, irsa_template)],

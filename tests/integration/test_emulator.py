@@ -85,3 +85,42 @@ async def test_provisioning_again_is_idempotent(stack: Stack) -> None:
     async with AwsClients(stack.admin) as clients:
         again = await provision(clients, stack.topology)
     assert again.queue_urls == {name: url for name, url in stack.provisioned.queue_urls.items()}
+
+
+async def test_embedded_postgres_on_a_loopback_port_requires_passwords(stack: Stack) -> None:
+    """``--postgres-port``: for service containers on the host network. Services log in over
+    TCP with their passwords; nobody gets in over TCP without one (the operator's login has
+    none, so it stays on the private socket)."""
+    import asyncpg
+
+    from emulator.harness import Emulator, EmulatorOptions
+    from shared.errors import ConfigError
+    from shared.topology import Topology
+
+    options = EmulatorOptions(  # moto is one per process: this stack's AWS side is the shared one
+        topology=Topology(prefix="pgtcp"),
+        aws="external",
+        external_url=stack.endpoint.url,
+        external_admin=stack.endpoint.admin,
+        postgres_port=0,
+        seed_default_model=False,
+    )
+    async with Emulator(options) as stack:
+        persist = urllib.parse.urlsplit(stack.service_env("persist")["PERSIST_DATABASE_URL"])
+        assert persist.hostname == "127.0.0.1" and persist.port
+        conn = await asyncpg.connect(persist.geturl())
+        try:
+            assert (await conn.fetchval("SELECT current_user")) == persist.username
+        finally:
+            await conn.close()
+        refused = [
+            persist._replace(netloc=f"{persist.username}:wrong@127.0.0.1:{persist.port}"),
+            persist._replace(netloc=f"postgres@127.0.0.1:{persist.port}"),
+        ]
+        for url in refused:
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(url.geturl())
+        admin = await asyncpg.connect(stack.database_url)  # the socket, as before
+        await admin.close()
+    with pytest.raises(ConfigError, match="embedded PostgreSQL only"):
+        await Emulator(EmulatorOptions(postgres_port=0, database_url="postgresql://x/y")).start()

@@ -52,6 +52,20 @@ def test_bad_configuration_stops_the_service_at_start(
     assert "Traceback" not in result.stderr
 
 
+async def test_a_metrics_port_in_use_stops_the_service_with_one_line(stack: Stack) -> None:
+    """Many services on one host network (compose/offline.yaml) make this a common mistake."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_service("persist", {**stack.service_env("persist"), "METRICS_PORT": str(port)})
+    assert result.returncode == 2, result.stderr
+    assert "cannot serve metrics" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("service", SERVICES)
 async def test_service_starts_with_its_own_keys_and_stops_on_sigterm(
     stack: Stack, service: str

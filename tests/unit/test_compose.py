@@ -106,11 +106,15 @@ def _interpolate_all(node: Any) -> Any:
     return node
 
 
-@pytest.fixture(scope="module")
-def services() -> dict[str, dict[str, Any]]:
+def compose_services() -> dict[str, dict[str, Any]]:
     document = _interpolate_all(yaml.safe_load(COMPOSE.read_text()))  # anchors and << resolved
     result: dict[str, dict[str, Any]] = document["services"]
     return result
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    return compose_services()
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -284,7 +288,89 @@ def test_ingest_listens_where_it_is_published(
     assert settings.http_host == "0.0.0.0"
     targets = {int(str(p).rsplit("/", 1)[0].rsplit(":", 1)[1]) for p in services["ingest"]["ports"]}
     assert targets == {settings.http_port}
-    assert dockerfile().effective("ingest", "EXPOSE") == [str(settings.http_port)]
+    assert str(settings.http_port) in (dockerfile().effective("ingest", "EXPOSE") or [])
+
+
+# -- offline.yaml: the service images against the emulator on the host network ---------------
+
+OFFLINE = COMPOSE_DIR / "offline.yaml"
+# What ``python -m emulator --postgres-port 0 --env-file`` writes, in shape.
+EMULATOR_VALUES = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+    "NOTIFY_WEBHOOK_SECRET": "whsec_" + "A" * 43 + "=",
+    **{
+        f"{s.upper()}_{k}": v
+        for s in SETTINGS
+        for k, v in (("AWS_ACCESS_KEY_ID", f"AKIA{s.upper()}"), ("AWS_SECRET_ACCESS_KEY", "s"))
+    },
+    **{
+        f"{s.upper()}_DATABASE_URL": f"postgresql://{s}:pw@127.0.0.1:5433/conveyor"
+        for s in ("ingest", "persist", "notify")
+    },
+}
+_OFFLINE_INTERPOLATION = re.compile(r"\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}")
+
+
+def offline_services(values: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """offline.yaml as Compose renders it from ``values`` (the env file): defaults where a
+    name is missing, an error where the file requires it."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, operator, default = match[1], match[2] or "", match[3] or ""
+        if values.get(name):
+            return values[name]
+        assert not operator.endswith("?"), f"offline.yaml requires {name}"
+        return default
+
+    text = _OFFLINE_INTERPOLATION.sub(replace, OFFLINE.read_text())
+    document = yaml.safe_load(text)
+    assert "networks" not in document, "offline.yaml must not create a Docker network"
+    result: dict[str, dict[str, Any]] = document["services"]
+    return result
+
+
+def test_offline_services_are_the_four_images_on_the_host_network() -> None:
+    services = offline_services(EMULATOR_VALUES)
+    assert set(services) == set(SETTINGS)
+    ports = []
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service and "networks" not in service, name
+        assert service["image"] == f"conveyor-{name}:dev"
+        assert service["build"]["target"] == name and service["build"]["network"] == "host"
+        env = environment(service)
+        ports.append(env[f"{name.upper()}_METRICS_PORT"])
+        assert env["METRICS_HOST"] == "127.0.0.1"
+    ports.append(environment(services["ingest"])["INGEST_HTTP_PORT"])
+    assert len(set(ports)) == len(ports), f"one host network: every port its own ({ports})"
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_offline_service_takes_only_its_own_values(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls = SETTINGS[name]
+    env = environment(offline_services(EMULATOR_VALUES)[name])
+    unread = sorted(set(env) - readable_names(cls))
+    assert not unread, f"{name} gets variables {cls.__name__} does not read: {unread}"
+    use_environment(monkeypatch, env)
+    settings = load_settings(cls)
+    assert settings.aws().access_key_id == f"AKIA{name.upper()}"
+    assert settings.aws().endpoint_url == EMULATOR_VALUES["AWS_ENDPOINT_URL"]
+
+
+def test_offline_stop_grace_covers_the_drain() -> None:
+    services = offline_services(EMULATOR_VALUES)
+    for name, cls in SETTINGS.items():
+        fields = cls.model_fields
+        drain = float(fields["shutdown_grace_s"].default) + float(fields["sqs_wait_s"].default)
+        grace = services[name]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > drain, name
+
+
+def test_offline_file_refuses_to_run_without_the_emulator() -> None:
+    with pytest.raises(AssertionError, match="AWS_ENDPOINT_URL"):
+        offline_services({})
 
 
 # -- Dockerfile ------------------------------------------------------------------------------
@@ -458,15 +544,20 @@ def test_images_without_torch_never_install_it(target: str) -> None:
             assert not names & INFER_ONLY, f"{target}: {requirements} names {names & INFER_ONLY}"
 
 
-def test_infer_installs_pinned_cpu_torch_then_the_whole_project() -> None:
+def test_infer_installs_pinned_cpu_torch_then_its_own_list() -> None:
     parsed = dockerfile()
     assert parsed.args["TORCH_SPEC"] == "torch==2.13.0"
     assert parsed.args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    installs = [args for stage in parsed.closure("infer") for args in pip_calls(stage, "install")]
+    stages = parsed.closure("infer")
+    installs = [args for stage in stages for args in pip_calls(stage, "install")]
     torch = [args for args in installs if "$TORCH_SPEC" in args or "${TORCH_SPEC}" in args]
     assert torch and "--index-url" in torch[0]
+    assert installs.index(torch[0]) == 0, "torch first: nothing else may pull a CUDA build"
     project = [args for args in installs if any(names_the_project(a) for a in args)]
-    assert project and "--no-deps" not in project[0], "infer needs the model package and torch"
+    assert project and all("--no-deps" in args for args in project)
+    lists = [r for args in installs for r in requirement_files(args)]
+    assert [Path(r).name for r in lists] == ["requirements-infer.txt"]
+    copied_from_context(stages, "/tmp/")  # both lists come from the build context
     # One pin for torch everywhere: the Dockerfile, the compose build arg, the Makefile.
     infer_args = yaml.safe_load(COMPOSE.read_text())["services"]["infer"]["build"]["args"]
     assert interpolate(infer_args["TORCH_SPEC"]) == parsed.args["TORCH_SPEC"]
@@ -494,11 +585,27 @@ def test_images_run_as_a_fixed_non_root_user_with_python_settings(target: str) -
                 assert "--no-cache-dir" in args, f"{stage.name}: pip {sub} {args}"
 
 
-def test_ingest_image_probes_healthz_without_curl() -> None:
-    healthcheck = dockerfile().effective("ingest", "HEALTHCHECK")
-    assert healthcheck is not None
-    probe = " ".join(healthcheck)
-    assert "/healthz" in probe and "urllib" in probe and "curl" not in probe
+@pytest.mark.parametrize("name", SETTINGS)
+def test_each_service_image_probes_its_own_healthz(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m shared.probe NAME`` (no curl in the images), on a port the image opens."""
+    parsed = dockerfile()
+    assert parsed.effective(name, "HEALTHCHECK") is not None
+    healthcheck = [
+        i.args for s in parsed.chain(name) for i in s.instructions if i.keyword == "HEALTHCHECK"
+    ]
+    assert f'CMD ["python", "-m", "shared.probe", "{name}"]' in healthcheck[0]
+    from shared.probe import health_url
+
+    image_env = parsed.env(name)
+    service_env = environment(compose_services()[name])
+    use_environment(monkeypatch, {**image_env, **service_env})  # compose's values win
+    port = image_env["METRICS_PORT"]
+    url = health_url(name)
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/healthz")
+    if name != "ingest":
+        assert url == f"http://127.0.0.1:{port}/healthz"
 
 
 @pytest.mark.parametrize("name", [*SETTINGS, "provision"])
@@ -509,7 +616,8 @@ def test_each_service_runs_its_module(name: str, services: dict[str, dict[str, A
     assert build["dockerfile"] == "compose/Dockerfile"
     assert build["target"] == name
     assert "entrypoint" not in service
-    assert dockerfile().effective(name, "ENTRYPOINT") is None
+    # tini as PID 1: SIGTERM reaches the service, children are reaped.
+    assert dockerfile().effective(name, "ENTRYPOINT") == ["/usr/bin/tini", "--"]
     command = service.get("command") or dockerfile().effective(name, "CMD")
     if isinstance(command, str):
         command = shlex.split(command)
