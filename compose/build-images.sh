@@ -12,7 +12,8 @@
 #                  PyTorch index of that variant); TORCH_SPEC pins it (default: the Makefile's)
 #   TORCH_WHEELS   a directory holding torch's wheel: served to the build on loopback and looked
 #                  in first (a machine without the PyTorch index, such as CI here). Defaults to
-#                  PIP_FIND_LINKS when that directory holds torch-<version>+cpu for cp311.
+#                  pip's find-links (PIP_FIND_LINKS or pip's configuration) when that
+#                  directory holds torch-<version>+cpu for cp311.
 #   BUILD_NETWORK  the build's network; default "host" where the engine has no bridge network
 #                  (a daemon started with --bridge=none), else the engine's default.
 set -euo pipefail
@@ -45,9 +46,11 @@ fi
 torch_args=(--build-arg "TORCH_SPEC=$TORCH_SPEC" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 torch_version="${TORCH_SPEC#torch==}"
 wheels="${TORCH_WHEELS:-}"
-if [ -z "$wheels" ] && [ "$TORCH_VARIANT" = cpu ] && [ -d "${PIP_FIND_LINKS:-}" ] \
-    && compgen -G "$PIP_FIND_LINKS/torch-$torch_version+cpu-cp311-*.whl" >/dev/null; then
-    wheels="$PIP_FIND_LINKS"
+# pip's own find-links (the environment's, else its configuration's), where it is a directory.
+find_links="${PIP_FIND_LINKS:-$("$PYTHON" -m pip config get global.find-links 2>/dev/null || true)}"
+if [ -z "$wheels" ] && [ "$TORCH_VARIANT" = cpu ] && [ -d "$find_links" ] \
+    && compgen -G "$find_links/torch-$torch_version+cpu-cp311-*.whl" >/dev/null; then
+    wheels="$find_links"
 fi
 server_pid=""
 cleanup() { [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true; }

@@ -157,6 +157,10 @@ class CommonSettings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", description="console (people) or json (log collectors)"
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="the event loop: uvloop where installed (auto), or the standard asyncio one",
+    )
     log_summary_s: float = Field(
         default=10.0,
         gt=0,

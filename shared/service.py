@@ -9,10 +9,11 @@ returns or SIGTERM/SIGINT arrives, exports the spans left, and exits 0 after a c
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -23,7 +24,7 @@ from shared.liveness import DEFAULT_STALE_AFTER_S, serve_metrics_and_health
 from shared.telemetry import configure_logging, get_logger
 from shared.tracing import configure_tracing, shutdown_tracing
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "loop_options", "main"]
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -38,6 +39,7 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
     exit_with_supervisor()
     try:
         settings = load_settings(settings_cls)
+        backend_options = loop_options(settings.event_loop)
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)  # noqa: T201 - logging is not configured yet
         return EXIT_CONFIG
@@ -80,7 +82,7 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
 
     failures: list[BaseException] = []
     try:
-        anyio.run(run)
+        anyio.run(run, backend_options=backend_options)
     except* ConveyorError as group:  # the task group wraps what the body raised
         failures = leaves(group)
     finally:
@@ -95,3 +97,15 @@ def main(settings_cls: type[S], body: Body[S]) -> int:
         return EXIT_FAILED
     log.info("stopped")
     return 0
+
+
+def loop_options(choice: str) -> dict[str, Any]:
+    """anyio's asyncio backend options for EVENT_LOOP: uvloop (libuv: cheaper per socket
+    event, which is most of what these services do) where it is installed, unless asked not."""
+    if choice == "asyncio":
+        return {}
+    if importlib.util.find_spec("uvloop") is None:
+        if choice == "uvloop":
+            raise ConfigError("EVENT_LOOP=uvloop but uvloop is not installed")
+        return {}
+    return {"use_uvloop": True}
