@@ -61,8 +61,20 @@ if [ -n "$wheels" ] && [[ " $TARGETS " == *" infer "* ]]; then
         exit 2
     fi
     # The build reaches the wheel over loopback: a build context cannot name a directory
-    # outside it, and copying a 200 MB wheel into the repository is worse.
-    port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    # outside it, and copying a 200 MB wheel into the repository is worse. The same port each
+    # time where it is free: the URL is a build argument, so a new one would miss the cache
+    # and install torch again.
+    port="$("$PYTHON" -c '
+import socket, sys
+for port in (int(sys.argv[1]), 0):
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            print(s.getsockname()[1])
+            break
+    except OSError:
+        continue
+' "${TORCH_WHEELS_PORT:-39871}")"
     "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >/dev/null 2>&1 &
     server_pid=$!
     for _ in $(seq 1 50); do

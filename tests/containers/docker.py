@@ -25,6 +25,7 @@ __all__ = [
     "IMAGES",
     "Compose",
     "build_images",
+    "compose_unavailable_reason",
     "docker",
     "engine_unavailable_reason",
     "image_info",
@@ -56,6 +57,15 @@ def docker(
     return result
 
 
+def compose_unavailable_reason() -> str | None:
+    """Why ``docker compose`` cannot run here (it needs the plugin, not an engine), or None."""
+    if shutil.which("docker") is None:
+        return "no docker command"
+    if docker("compose", "version", timeout=20, check=False).returncode != 0:
+        return "Docker Compose v2 (the docker compose plugin) is not installed"
+    return None
+
+
 def engine_unavailable_reason() -> str | None:
     """Why the container tests cannot run here, or None when an engine and Compose answer."""
     if shutil.which("docker") is None:
@@ -63,9 +73,7 @@ def engine_unavailable_reason() -> str | None:
     info = docker("info", "--format", "{{.ServerVersion}}", timeout=20, check=False)
     if info.returncode != 0:
         return f"no Docker engine answers: {(info.stderr.strip().splitlines() or ['?'])[-1]}"
-    if docker("compose", "version", timeout=20, check=False).returncode != 0:
-        return "Docker Compose v2 (the docker compose plugin) is not installed"
-    return None
+    return compose_unavailable_reason()
 
 
 def networks() -> set[str]:
