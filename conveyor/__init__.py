@@ -8,46 +8,7 @@ This package is the composition root: the command line may import ``services`` a
 which imports none of them (nor torch, nor boto), so that users' programs stay light.
 """
 
-from conveyor.client import (
-    Accepted,
-    ApiError,
-    AsyncClient,
-    AuthenticationError,
-    Client,
-    ConveyorError,
-    InvalidWebhook,
-    Job,
-    JobFailed,
-    JobInput,
-    JobStatus,
-    ModelNotDeployed,
-    NotFound,
-    RetryPolicy,
-    TransportError,
-    Vector,
-    WaitTimeout,
-    WebhookEvent,
-    verify_webhook,
-)
-
-__all__ = [
-    "Accepted",
-    "ApiError",
-    "AsyncClient",
-    "AuthenticationError",
-    "Client",
-    "ConveyorError",
-    "InvalidWebhook",
-    "Job",
-    "JobFailed",
-    "JobInput",
-    "JobStatus",
-    "ModelNotDeployed",
-    "NotFound",
-    "RetryPolicy",
-    "TransportError",
-    "Vector",
-    "WaitTimeout",
-    "WebhookEvent",
-    "verify_webhook",
-]
+# The client's names, one list: conveyor.client.__all__ says what is public (mypy and ruff
+# follow a star import through it).
+from conveyor.client import *  # noqa: F403
+from conveyor.client import __all__ as __all__
