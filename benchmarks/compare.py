@@ -22,6 +22,9 @@ Rows, in the order they run (texts of 8 to 12 words, the same pool for every row
   Latency is accepted -> final from the API's own job timestamps (``created_at`` ->
   ``finished_at``; ``finished_at`` is stamped by the worker when the result is made, before
   persist commits it).
+- **conveyor, 1-text jobs + webhook**: the same with a ``callback_url`` on every job, to a
+  receiver in this process (uvicorn on 127.0.0.1, answering 204): notify's row. Its CPU is read
+  once every webhook of the phase has arrived.
 - **naive worker, 1-text jobs**: infer stopped, ``benchmarks/naive_worker.py`` in its place
   (receive one message, run the model, send the result, delete; persist and notify as usual),
   measured exactly as Conveyor is.
@@ -361,11 +364,20 @@ class ConveyorApi:
     this way: CPU taken from the stack under test on a 2-core machine."""
 
     def __init__(
-        self, clients: Sequence[httpx.AsyncClient], model: str, pool: Sequence[str]
+        self,
+        clients: Sequence[httpx.AsyncClient],
+        model: str,
+        pool: Sequence[str],
+        callback_url: str | None = None,
     ) -> None:
         self.clients = clients
         self.model = model
         self.pool = pool
+        self.callback_url = callback_url
+        """Given, every job asks for a webhook there."""
+
+    def with_webhooks(self, callback_url: str) -> ConveyorApi:
+        return ConveyorApi(self.clients, self.model, self.pool, callback_url)
 
     def runner(self, texts_per_job: int) -> RunOne:
         """Job i of a phase: texts i*k .. i*k+k-1 of the pool (nothing caches them)."""
@@ -395,7 +407,9 @@ class ConveyorApi:
         )
 
     async def _submit(self, http: httpx.AsyncClient, inputs: list[str]) -> str:
-        body = {"model": self.model, "inputs": inputs}
+        body: dict[str, Any] = {"model": self.model, "inputs": inputs}
+        if self.callback_url is not None:
+            body["callback_url"] = self.callback_url
         for _ in range(SUBMIT_ATTEMPTS):
             response = await http.post("/v1/jobs", json=body)
             if response.status_code != 429:
@@ -413,6 +427,58 @@ class ConveyorApi:
                 if job["status"] in ("succeeded", "failed", "cancelled"):
                     return job
         return None
+
+
+class WebhookSink:
+    """Counts the webhooks notify delivers and answers each 204: an ASGI app on uvicorn, in
+    this process, on 127.0.0.1 (its CPU counts in the load generator's line). Signatures are
+    not checked: the tests do that; here only notify's cost matters."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self._arrived = anyio.Event()
+        """Set (and replaced) at each webhook."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:  # the whole body, before answering
+            message = await receive()
+            more = bool(message.get("more_body"))
+        self.received += 1
+        self._arrived.set()
+        self._arrived = anyio.Event()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> Any:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self, host="127.0.0.1", port=self.port, log_config=None, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            with anyio.fail_after(30):
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+                    await anyio.sleep(0.02)
+            try:
+                yield self
+            finally:
+                server.should_exit = True
+
+    async def wait_for(self, count: int, timeout_s: float = 120.0) -> None:
+        """Until ``count`` webhooks have arrived, or ``timeout_s`` (then it says so)."""
+        with anyio.move_on_after(timeout_s):
+            while self.received < count:
+                await self._arrived.wait()
+        if self.received < count:
+            say(f"only {self.received} of {count} webhooks arrived within {timeout_s:g} s")
 
 
 # -- CPU, read from the processes themselves ------------------------------------------------
@@ -542,22 +608,35 @@ class StackPhase:
 
 
 async def measure_through_api(
-    phase: StackPhase, row: PeerRow, worker: str, *, batch_counters: bool
+    phase: StackPhase,
+    row: PeerRow,
+    worker: str,
+    *,
+    batch_counters: bool,
+    api: ConveyorApi | None = None,
+    sink: WebhookSink | None = None,
 ) -> PeerRow:
     """Warm-up, saturation (with CPU, and infer's batch counters, around it), then the
-    offered load. ``worker`` is the process that runs the model."""
+    offered load. ``worker`` is the process that runs the model. With a ``sink``, the CPU is
+    read once every job's webhook has arrived (notify works after the job is final)."""
     options, k = phase.options, row.texts_per_job
+    api = api or phase.api
     say(f"{row.name}: warm-up")
-    await drive(
-        phase.api.runner(k), WARMUP_JOBS, concurrency=min(16, options.concurrency), rate=None
+    warm_up = await drive(
+        api.runner(k), WARMUP_JOBS, concurrency=min(16, options.concurrency), rate=None
     )
+    if sink is not None:
+        await sink.wait_for(warm_up.succeeded)
     readers = phase.readers([worker, *PIPELINE_SERVICES])
     counters_before = await phase.infer_counters() if batch_counters else None
     before = snapshot(readers)
+    delivered = sink.received if sink is not None else 0
     say(f"{row.name}: saturation, {options.jobs} jobs from {options.concurrency} clients")
     row.saturation = await drive(
-        phase.api.runner(k), options.jobs, concurrency=options.concurrency, rate=None
+        api.runner(k), options.jobs, concurrency=options.concurrency, rate=None
     )
+    if sink is not None:
+        await sink.wait_for(delivered + row.saturation.succeeded)
     row.cpu = cpu_figures(readers, before, row.saturation.succeeded)
     counters_after = await phase.infer_counters() if batch_counters else None
     if counters_before is not None and counters_after is not None:
@@ -567,7 +646,7 @@ async def measure_through_api(
             row.notes.append(f"mean batch {items / calls:.1f} texts")
     say(f"{row.name}: offered load, {options.offered_rate:g} jobs/s")
     row.offered = await drive(
-        phase.api.runner(k),
+        api.runner(k),
         options.offered_jobs,
         concurrency=options.offered_jobs,
         rate=options.offered_rate,
@@ -582,6 +661,21 @@ async def measure_conveyor(phase: StackPhase, texts_per_job: int) -> PeerRow:
     infer = infer_worker_name(phase.dev.stack, phase.api.model)
     row = PeerRow(f"conveyor, {texts_per_job}-text jobs", texts_per_job)
     return await measure_through_api(phase, row, infer, batch_counters=True)
+
+
+async def measure_webhooks(phase: StackPhase) -> PeerRow:
+    """1-text jobs that each ask for a webhook: notify's cost, which the other rows lack."""
+    infer = infer_worker_name(phase.dev.stack, phase.api.model)
+    row = PeerRow("conveyor, 1-text jobs + webhook", 1)
+    async with WebhookSink().running() as sink:
+        return await measure_through_api(
+            phase,
+            row,
+            infer,
+            batch_counters=True,
+            api=phase.api.with_webhooks(sink.url),
+            sink=sink,
+        )
 
 
 async def measure_naive(phase: StackPhase) -> PeerRow:
@@ -947,6 +1041,7 @@ async def run_stack(options: Options, report: Report, pool: list[str]) -> None:
             say("the embedded PostgreSQL's processes were not found: no postgres row")
         report.peers.append(await measure_conveyor(phase, 1))
         report.peers.append(await measure_conveyor(phase, BIG_JOB_TEXTS))
+        report.peers.append(await measure_webhooks(phase))
         if options.skip_naive:
             report.peers.append(
                 PeerRow("naive worker, 1-text jobs", 1, skipped="not measured: --skip-naive")

@@ -25,7 +25,7 @@ limit=$((64 * 1024 * 1024))
 # What services.infer.embedding/runner/handlers import beyond torch, transformers, anyio and
 # prometheus-client (tests/unit/test_gpu_check.py keeps this list honest), and what they need.
 packages=(pydantic pydantic-core annotated-types typing-inspection typing-extensions
-    opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions)
+    opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions sniffio)
 
 pins=$("$python" - "${packages[@]}" <<'PY'
 import sys

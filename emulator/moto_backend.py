@@ -17,7 +17,7 @@ import threading
 import anyio
 import httpx
 
-from emulator import moto_clock, moto_fidelity
+from emulator import moto_clock, moto_fidelity, moto_speed
 from emulator.backend import AwsEndpoint
 from shared.aws.clients import AwsClients
 from shared.aws.provision import AccessKey
@@ -65,6 +65,7 @@ class MotoBackend:
         # One line per request from werkzeug drowns the services' own logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         moto_fidelity.install()
+        moto_speed.install()
         if self.fast_clock:
             moto_clock.install()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

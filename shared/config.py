@@ -311,6 +311,13 @@ class IngestSettings(_InputLimits):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="the largest request body accepted, in bytes"
     )
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="how long an idle client connection is kept open, in seconds: longer than "
+        "any client or load balancer in front keeps one (AWS ALB: 60 s; httpx: 5 s)",
+    )
     max_wait_s: float = Field(
         default=30.0, ge=0, le=120, description="the longest ?wait= a status read may hold"
     )
@@ -391,6 +398,13 @@ class InferSettings(_InputLimits):
     )
     concurrency: int = Field(
         default=64, ge=1, le=1000, description="jobs (SQS messages) held in flight at once"
+    )
+    started_after_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=3600,
+        description="a job still running after this long is announced as running (0: every "
+        "job at once, one more message per job); a quicker job goes from queued to final",
     )
     handler_modules: CommaList = Field(
         default=(),

@@ -3,12 +3,14 @@
 Tokens are whitespace-separated words hashed (crc32, stable across processes, unlike
 ``hash()``) into ``buckets`` rows of a random table saved as safetensors; the output is the
 L2-normalised mean of their rows. An input containing ``fail_marker`` makes ``predict`` raise
-for the whole batch, as a model that chokes on one input would.
+for the whole batch, as a model that chokes on one input would; one containing
+:data:`SLOW_MARKER` makes the call take :data:`SLOW_S` seconds, as a long job would.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from pathlib import Path
 from typing import ClassVar
@@ -18,9 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from services.infer.handlers import register
 
-__all__ = ["TINY_KIND", "TinyEmbedding", "make_tiny_model"]
+__all__ = ["SLOW_MARKER", "SLOW_S", "TINY_KIND", "TinyEmbedding", "make_tiny_model"]
 
 TINY_KIND = "test-tiny-embedding"
+SLOW_MARKER = "__SLOW__"
+SLOW_S = 2.0
 
 
 def make_tiny_model(
@@ -62,6 +66,8 @@ class TinyEmbedding:
         for text in inputs:
             if self.fail_marker in text:
                 raise ValueError(f"model refused input containing {self.fail_marker}")
+        if any(SLOW_MARKER in text for text in inputs):
+            time.sleep(SLOW_S)  # the model thread, as a long call holds it
         ids: list[int] = []
         offsets: list[int] = []
         for text in inputs:

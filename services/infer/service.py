@@ -6,8 +6,9 @@ bucket, load the handler on the chosen device (CUDA when present, else CPU), the
 Each message is one job; concurrent handlers feed the dynamic batcher
 (:mod:`services.infer.runner`); each job's result (succeeded with outputs, or failed with the
 model's error) is published to the results queue, claim-checked when large, before the job's
-message is deleted. A job over the input limits
-(:mod:`services.infer.limits`) fails without reaching the model.
+message is deleted. A job still running after INFER_STARTED_AFTER_S is first announced as
+running (``job.started``); a quicker one goes from queued to its final state. A job over the
+input limits (:mod:`services.infer.limits`) fails without reaching the model.
 
 Each job's trace continues here (:func:`shared.observe.handling`): ``infer job.requested``,
 with a ``batch`` child for its wait in the batcher and its ``model call``; the messages it
@@ -24,6 +25,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
+from services.infer.announce import announced
 from services.infer.handlers import (
     choose_device,
     compile_handler,
@@ -147,6 +149,17 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 activity.count("jobs_succeeded" if error is None else "jobs_failed")
                 log.debug("job done", job_id=str(envelope.job_id), status=result.status.value)
 
+            async def announce_start(envelope: Envelope, started: datetime.datetime) -> None:
+                """``job.started``: queued -> running (:mod:`services.infer.announce`)."""
+                running = await claims.seal(
+                    MessageType.JOB_STARTED,
+                    job_id=envelope.job_id,
+                    tenant=envelope.tenant,
+                    traceparent=traceparent(),
+                    payload=JobStarted(model=model, model_version=version, started_at=started),
+                )
+                await results.publish(running.model_dump_json())
+
             async def handle(message: ReceivedMessage) -> None:
                 envelope, request = await claims.read(
                     message.body, MessageType.JOB_REQUESTED, JobRequest
@@ -168,23 +181,22 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                     await finish(envelope, request, started, None, f"refused: {refused}")
                     JOBS.labels(model, "refused").inc()
                     return
-                running = await claims.seal(
-                    MessageType.JOB_STARTED,
-                    job_id=envelope.job_id,
-                    tenant=envelope.tenant,
-                    traceparent=traceparent(),
-                    payload=JobStarted(model=model, model_version=version, started_at=started),
+
+                async def run_batch() -> tuple[list[list[float]] | None, str | None]:
+                    # Waiting for company, then the model call: the batch links to this span.
+                    with tracer().start_as_current_span("batch", record_exception=False) as span:
+                        try:
+                            job = runner.job(envelope.job_id, request.inputs)
+                            return await runner.run(job), None
+                        except ModelFailure as exc:  # the job fails; the message is done
+                            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                            return None, str(exc)
+
+                outputs, error = await announced(
+                    run_batch,
+                    lambda: announce_start(envelope, started),
+                    settings.started_after_s,
                 )
-                await results.publish(running.model_dump_json())
-                outputs: list[list[float]] | None = None
-                error: str | None = None
-                # Waiting for company, then the model call: the batch links to this span.
-                with tracer().start_as_current_span("batch", record_exception=False) as span:
-                    try:
-                        outputs = await runner.run(runner.job(envelope.job_id, request.inputs))
-                    except ModelFailure as exc:  # the job fails; the message is done
-                        error = str(exc)
-                        span.set_status(trace.Status(trace.StatusCode.ERROR, error))
                 await finish(envelope, request, started, outputs, error)
                 JOBS.labels(model, "succeeded" if error is None else "failed").inc()
 

@@ -1,7 +1,7 @@
 """ingest's HTTP API: accept jobs, hand them to the queue, answer status reads.
 
     POST /v1/jobs              202 + Location: the job is recorded as queued, with its message
-                               in the outbox (one transaction); the relay sends it to SQS.
+                               in the outbox (one statement); the relay sends it to SQS.
                                ``Idempotency-Key`` makes retries safe (services.ingest.idempotency);
                                429 + Retry-After while the model's backlog is over the limit;
                                409 while the model has no deployed version (naming the push)
@@ -18,7 +18,7 @@ request acts for (:mod:`services.ingest.auth`); health and docs are public. Brow
 the API from the origins of ``INGEST_CORS_ORIGINS`` only (none by default: no CORS headers).
 
 Publishing is not the API's: a job and the message announcing it are written to PostgreSQL
-in one transaction (the transactional outbox, :mod:`services.ingest.outbox`), and the relay
+in one statement (the transactional outbox, :mod:`services.ingest.outbox`), and the relay
 (:mod:`services.ingest.relay`, run by the service) sends it. ``enqueue(envelope)`` is told of
 each message once it is committed: the service wakes its relay with it, tests record it. The
 queues' readiness is injected (``check_queues``); this module knows nothing of SQS. Every
@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response as StarletteResponse
 
-from services.ingest import idempotency, jobs, outbox
+from services.ingest import idempotency, jobs
 from services.ingest.auth import ApiKeyAuth, TenantOf, key_tenants
 from services.ingest.backpressure import Backpressure, QueueDepth
 from services.ingest.body_limit import BodySizeLimit
@@ -61,7 +61,7 @@ from services.ingest.telemetry import SubmissionTelemetry, refuse
 from services.ingest.waiting import RECHECK_S, JobWaiters
 from shared.activity import Activity
 from shared.config import IngestSettings
-from shared.db import Connection, transaction
+from shared.db import Connection, transaction, with_connection
 from shared.messages import Envelope, JobRequest, MessageType
 from shared.telemetry import get_logger
 from shared.tracing import traceparent
@@ -273,36 +273,36 @@ def create_app(
                 headers={"Retry-After": str(BACKLOG_RETRY_AFTER_S)},
             )
 
-        async def record(conn: Connection) -> idempotency.Saved | None:
-            if key is not None:
-                saved = await idempotency.claim(
-                    conn, tenant, key, digest, settings.idempotency_ttl_s
-                )
-                if saved is not None:
-                    return saved
-            # A retried transaction finds its own job already there (the first attempt
-            # committed, its answer was lost): the outbox row came with it.
-            if await jobs.insert_job(
+        async def insert(conn: Connection) -> None:
+            # A retry finds its own job already there (the first attempt committed, its
+            # answer was lost): the outbox row came with it.
+            await jobs.insert_job(
                 conn,
                 job_id=job_id,
                 tenant=tenant,
                 model=body.model,
                 inputs_count=len(body.inputs),
                 callback_url=callback_url,
-            ):
-                await outbox.add(
-                    conn,
-                    job_id=job_id,
-                    queue=topology.infer_queue(body.model).name,
-                    model=body.model,
-                    body=message,
-                )
-            if key is not None:
-                await idempotency.complete(conn, tenant, key, 202, accepted.model_dump_json())
+                queue=topology.infer_queue(body.model).name,
+                message=message,
+            )
+
+        async def record(conn: Connection) -> idempotency.Saved | None:
+            if key is None:
+                await insert(conn)
+                return None
+            saved = await idempotency.claim(conn, tenant, key, digest, settings.idempotency_ttl_s)
+            if saved is not None:
+                return saved
+            await insert(conn)
+            await idempotency.complete(conn, tenant, key, 202, accepted.model_dump_json())
             return None
 
+        # With a key, its claim and its answer commit with the job; without one, the insert is
+        # a single statement and needs no transaction around it (two round trips fewer).
+        unit = with_connection if key is None else transaction
         try:
-            saved = await transaction(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
+            saved = await unit(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
         except asyncpg.LockNotAvailableError as exc:
             refuse(request, "in_progress")
             raise _in_flight() from exc

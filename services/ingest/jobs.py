@@ -63,14 +63,26 @@ async def insert_job(
     model: str,
     inputs_count: int,
     callback_url: str | None,
+    queue: str,
+    message: str,
 ) -> bool:
-    """Record a newly accepted job as ``queued``; False if a job of that id is already there
-    (a retried transaction whose first attempt committed)."""
+    """Record a newly accepted job as ``queued`` with its message in the outbox
+    (:mod:`services.ingest.outbox`), both in one statement; False if a job of that id is
+    already there (a retried statement whose first attempt committed), and then no message is
+    added either.
+
+    One statement is atomic on its own: without an idempotency key a submission needs no
+    transaction around it, which saves two round trips (BEGIN, COMMIT) per job."""
     inserted = await conn.fetchval(
         """
-        INSERT INTO jobs (id, tenant_id, model, status, inputs_count, callback_url)
-        VALUES ($1, $2, $3, 'queued', $4, $5)
-        ON CONFLICT (id) DO NOTHING
+        WITH job AS (
+            INSERT INTO jobs (id, tenant_id, model, status, inputs_count, callback_url)
+            VALUES ($1, $2, $3, 'queued', $4, $5)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO outbox (job_id, queue, model, body)
+        SELECT id, $6, $3, $7 FROM job
         RETURNING true
         """,
         job_id,
@@ -78,6 +90,8 @@ async def insert_job(
         model,
         inputs_count,
         callback_url,
+        queue,
+        message,
     )
     return inserted is not None
 

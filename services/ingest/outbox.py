@@ -1,6 +1,7 @@
 """The ``outbox`` table: messages written with the job they announce, sent later by the relay.
 
-    add          in the job's transaction: one row holding the envelope's JSON body
+    (insert)     with the job, in the same statement (:func:`services.ingest.jobs.insert_job`):
+                 one row holding the envelope's JSON body
     claim        the oldest unsent rows of the relay's queues, locked (FOR UPDATE SKIP
                  LOCKED), so that relays of several replicas never hold the same row
     mark_sent    the rows SQS accepted; mark_failed the others (attempts, last error)
@@ -19,7 +20,7 @@ from typing import Final
 
 from shared.db import Connection
 
-__all__ = ["OutboxRow", "add", "claim", "mark_failed", "mark_sent", "prune", "unsent"]
+__all__ = ["OutboxRow", "claim", "mark_failed", "mark_sent", "prune", "unsent"]
 
 PRUNE_BATCH: Final = 1000
 
@@ -33,18 +34,6 @@ class OutboxRow:
     model: str
     body: str
     attempts: int
-
-
-async def add(conn: Connection, *, job_id: uuid.UUID, queue: str, model: str, body: str) -> int:
-    """Record ``body`` for sending to ``queue`` once the caller's transaction commits."""
-    row_id: int = await conn.fetchval(
-        "INSERT INTO outbox (job_id, queue, model, body) VALUES ($1, $2, $3, $4) RETURNING id",
-        job_id,
-        queue,
-        model,
-        body,
-    )
-    return row_id
 
 
 async def claim(conn: Connection, queues: list[str], limit: int) -> list[OutboxRow]:

@@ -134,6 +134,9 @@ async def run(settings: IngestSettings, stopping: anyio.Event) -> None:
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                # uvicorn's 5 s default equals httpx's: a client reusing a connection just as
+                # the server drops it gets a ReadError on a request it cannot safely retry.
+                timeout_keep_alive=settings.keep_alive_s,
             )
         )
         async with anyio.create_task_group() as tg:

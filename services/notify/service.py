@@ -29,20 +29,12 @@ from services.notify.endpoints import signing_secrets
 from services.notify.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_DURATION
 from services.notify.schedule import RetrySchedule
 from services.notify.ssrf import GuardedTransport
-from services.notify.store import (
-    already_delivered,
-    attempts_so_far,
-    claim_delivery,
-    job_model,
-    load_notification_data,
-    record_attempt,
-    release_delivery,
-)
+from services.notify.store import claim_delivery, delivery_state, record_attempt
 from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
 from shared.config import NotifySettings
-from shared.db import Connection, open_pool, transaction
+from shared.db import Connection, open_pool, with_connection
 from shared.messages import Envelope, MessageType, Notification, PoisonMessage
 from shared.observe import bind_model, handling
 from shared.sqs import ReceivedMessage, RetryLater, SqsConsumer
@@ -95,23 +87,21 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
             async def read_state(
                 conn: Connection,
             ) -> tuple[str, dict[str, Any] | None, int, list[str]]:
-                model = await job_model(conn, job_id)
-                if model is None:
+                # Statements, not a transaction: each is atomic, and the lease alone decides
+                # which of two copies of one notification delivers.
+                known = await delivery_state(conn, job_id, event)
+                if known is None:
                     return "unknown", None, 0, []
-                bind_model(model)
-                if await already_delivered(conn, job_id, event):
+                bind_model(known.model)
+                if known.delivered:
                     return "delivered", None, 0, []
-                data = await load_notification_data(conn, job_id)
-                if data is None:
-                    return "unknown", None, 0, []
-                # Two copies of one notification may arrive at once: one delivers.
                 if not await claim_delivery(conn, job_id, event, lease_s):
                     return "busy", None, 0, []
                 # The tenant's own endpoint secrets, only for a URL this tenant registered.
                 secrets = await signing_secrets(conn, envelope.tenant, note.callback_url)
-                return "mine", data, await attempts_so_far(conn, job_id, event) + 1, secrets
+                return "mine", known.data, known.attempts + 1, secrets
 
-            state, data, attempt, secrets = await transaction(pool, read_state)
+            state, data, attempt, secrets = await with_connection(pool, read_state)
             if state == "delivered":
                 activity.count("duplicates")
                 log.debug("duplicate notification dropped", job_id=str(job_id), webhook_event=event)
@@ -150,10 +140,10 @@ async def run(settings: NotifySettings, stopping: anyio.Event) -> None:
                     attempt=attempt,
                     url=note.callback_url,
                     outcome=outcome,
+                    release=True,
                 )
-                await release_delivery(conn, job_id, event)
 
-            await transaction(pool, record)
+            await with_connection(pool, record)
             bound = log.bind(job_id=str(job_id), webhook_event=event, attempt=attempt)
             if outcome.succeeded:
                 attempted(outcome, "succeeded")

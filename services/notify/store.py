@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -18,10 +19,11 @@ from services.notify.delivery import DeliveryOutcome, iso_utc
 
 __all__ = [
     "Connection",
+    "DeliveryState",
     "already_delivered",
     "attempts_so_far",
     "claim_delivery",
-    "job_model",
+    "delivery_state",
     "load_notification_data",
     "record_attempt",
     "release_delivery",
@@ -29,6 +31,19 @@ __all__ = [
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 """A plain connection or one acquired from a pool."""
+
+
+_RECORD = """
+INSERT INTO webhook_deliveries
+    (job_id, webhook_id, event, attempt, url, status_code, error, succeeded, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+_RECORD_AND_RELEASE = """
+WITH released AS (DELETE FROM webhook_leases WHERE job_id = $1 AND event = $3)
+INSERT INTO webhook_deliveries
+    (job_id, webhook_id, event, attempt, url, status_code, error, succeeded, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
 
 
 async def record_attempt(
@@ -40,14 +55,12 @@ async def record_attempt(
     attempt: int,
     url: str,
     outcome: DeliveryOutcome,
+    release: bool = False,
 ) -> None:
-    """Log one delivery attempt and what it came to."""
+    """Log one delivery attempt and what it came to; with ``release``, give up the lease on
+    this job's event in the same statement (:func:`release_delivery`)."""
     await conn.execute(
-        """
-        INSERT INTO webhook_deliveries
-            (job_id, webhook_id, event, attempt, url, status_code, error, succeeded, duration_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        """,
+        _RECORD_AND_RELEASE if release else _RECORD,
         job_id,
         webhook_id,
         event,
@@ -84,12 +97,6 @@ async def already_delivered(conn: Connection, job_id: uuid.UUID, event: str) -> 
     return bool(found)
 
 
-async def job_model(conn: Connection, job_id: uuid.UUID) -> str | None:
-    """The job's model (for its log lines), or None when there is no such job."""
-    model: str | None = await conn.fetchval("SELECT model FROM jobs WHERE id = $1", job_id)
-    return model
-
-
 async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[str, Any] | None:
     """The webhook's ``data`` object for a job, JSON-ready; None when the job does not exist.
 
@@ -107,8 +114,10 @@ async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[st
         """,
         job_id,
     )
-    if row is None:
-        return None
+    return None if row is None else _notification_data(row)
+
+
+def _notification_data(row: asyncpg.Record) -> dict[str, Any]:
     succeeded = row["status"] == "succeeded"
     # jsonb read as text and parsed here, whatever codecs the connection has set up.
     outputs = json.loads(row["outputs"]) if succeeded and row["outputs"] is not None else None
@@ -122,6 +131,48 @@ async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[st
         "error": row["error"],
         "outputs": outputs,
     }
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    """What notify needs before an attempt, read in one query (:func:`delivery_state`)."""
+
+    model: str
+    delivered: bool
+    """An attempt for this event succeeded (:func:`already_delivered`)."""
+    attempts: int
+    """Attempts logged for this event so far (:func:`attempts_so_far`)."""
+    data: dict[str, Any]
+    """The webhook's ``data`` (:func:`load_notification_data`)."""
+
+
+async def delivery_state(conn: Connection, job_id: uuid.UUID, event: str) -> DeliveryState | None:
+    """The job's model, its event's delivery log and the webhook's data in one round trip
+    instead of four; None when there is no such job."""
+    row = await conn.fetchrow(
+        """
+        SELECT j.id, j.status, j.model, j.error, j.created_at, j.finished_at,
+               coalesce(r.model_version, j.model_version) AS model_version,
+               r.outputs::text AS outputs, log.delivered, log.attempts
+        FROM jobs AS j
+        LEFT JOIN results AS r ON r.job_id = j.id
+        CROSS JOIN LATERAL (
+            SELECT coalesce(bool_or(d.succeeded), false) AS delivered, count(*) AS attempts
+            FROM webhook_deliveries AS d WHERE d.job_id = j.id AND d.event = $2
+        ) AS log
+        WHERE j.id = $1
+        """,
+        job_id,
+        event,
+    )
+    if row is None:
+        return None
+    return DeliveryState(
+        model=row["model"],
+        delivered=bool(row["delivered"]),
+        attempts=int(row["attempts"]),
+        data=_notification_data(row),
+    )
 
 
 async def claim_delivery(conn: Connection, job_id: uuid.UUID, event: str, lease_s: float) -> bool:

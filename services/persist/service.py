@@ -16,7 +16,13 @@ from __future__ import annotations
 import anyio
 
 from services.persist.metrics import RESULTS
-from services.persist.writer import Recorded, ResultWriter, WriteRequest, mark_running
+from services.persist.writer import (
+    Recorded,
+    ResultWriter,
+    StartedWriter,
+    StartRequest,
+    WriteRequest,
+)
 from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
@@ -51,6 +57,7 @@ async def run(settings: PersistSettings, stopping: anyio.Event) -> None:
         notify_url = await resolve_queue_url(sqs, aws, topology.notify_queue.name)
         claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
         writer = ResultWriter(pool, max_wait_s=settings.max_batch_wait_s, models=topology.models)
+        starts = StartedWriter(pool, max_wait_s=settings.max_batch_wait_s)
         notifications = Publisher(sqs, aws, notify_url)
         activity = Activity(
             log,
@@ -67,7 +74,7 @@ async def run(settings: PersistSettings, stopping: anyio.Event) -> None:
             if envelope.type == MessageType.JOB_STARTED:
                 started = await claims.payload(envelope, JobStarted)
                 bind_model(started.model)
-                await mark_running(pool, envelope.job_id, envelope.tenant, started)
+                await starts.mark(StartRequest(envelope.job_id, envelope.tenant, started))
                 activity.count("started")
                 return
             if envelope.type != MessageType.JOB_RESULT:
@@ -102,6 +109,7 @@ async def run(settings: PersistSettings, stopping: anyio.Event) -> None:
         activity.watch(consumer.stats.totals)
         async with anyio.create_task_group() as tg:
             writer.start(tg)
+            starts.start(tg)
             notifications.start(tg)
             tg.start_soon(activity.run)
             log.info("ready", queue=topology.results_queue.name)

@@ -6,6 +6,9 @@ final one. A finished job is announced with ``pg_notify('job_finished', <job id>
 ingest API's ``?wait=`` long-poll listens for; PostgreSQL delivers it at commit. Each job
 made final here is measured end to end, from its acceptance (``jobs.created_at``) to the
 commit (``conveyor_job_end_to_end_duration_seconds``, :mod:`services.persist.metrics`).
+
+``job.started`` marks (queued -> running) are batched the same way, one statement per batch
+(:class:`StartedWriter`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ from anyio.abc import TaskGroup
 
 from services.persist.metrics import JOB_DURATION
 from shared.batching import Batcher
-from shared.db import Connection, transaction
+from shared.db import Connection, transaction, with_connection
 from shared.messages import JobResult, JobStarted, JobStatus, PoisonMessage
 from shared.metrics import seconds_since
 
-__all__ = ["Recorded", "ResultWriter", "WriteRequest", "mark_running"]
+__all__ = [
+    "Recorded",
+    "ResultWriter",
+    "StartRequest",
+    "StartedWriter",
+    "WriteRequest",
+    "mark_running",
+    "mark_running_many",
+]
 
 
 class Recorded(StrEnum):
@@ -164,23 +175,64 @@ class ResultWriter:
         )
 
 
+@dataclass(frozen=True)
+class StartRequest:
+    job_id: uuid.UUID
+    tenant: str
+    started: JobStarted
+
+
+# One statement for a batch: queued -> running; a job already running or final (messages race,
+# a redelivery) or another tenant's is left alone.
+_MARK_RUNNING = """
+UPDATE jobs AS j
+   SET status = 'running', started_at = v.started_at, model_version = v.model_version
+  FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
+       AS v(id, tenant_id, started_at, model_version)
+ WHERE j.id = v.id AND j.tenant_id = v.tenant_id AND j.status = 'queued'
+RETURNING j.id
+"""
+
+
+async def mark_running_many(pool: asyncpg.Pool, requests: list[StartRequest]) -> list[bool]:
+    """Each request's job moved queued -> running (True), or was not queued (False)."""
+
+    async def update(conn: Connection) -> set[uuid.UUID]:
+        rows = await conn.fetch(
+            _MARK_RUNNING,
+            [r.job_id for r in requests],
+            [r.tenant for r in requests],
+            [r.started.started_at for r in requests],
+            [r.started.model_version for r in requests],
+        )
+        return {row["id"] for row in rows}
+
+    # A single statement is its own transaction: retried whole, it changes nothing twice.
+    moved = await with_connection(pool, update)
+    return [r.job_id in moved for r in requests]
+
+
 async def mark_running(
     pool: asyncpg.Pool, job_id: uuid.UUID, tenant: str, started: JobStarted
 ) -> bool:
-    """queued -> running; a no-op for a job already running or final (messages race)."""
+    """queued -> running for one job; a no-op for a job already running or final."""
+    return (await mark_running_many(pool, [StartRequest(job_id, tenant, started)]))[0]
 
-    async def update(conn: Connection) -> str:
-        return str(
-            await conn.execute(
-                """
-                UPDATE jobs SET status = 'running', started_at = $3, model_version = $4
-                 WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
-                """,
-                job_id,
-                tenant,
-                started.started_at,
-                started.model_version,
-            )
+
+class StartedWriter:
+    """``job.started`` marks batched across concurrent handlers, one statement per batch."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_items: int = 64, max_wait_s: float = 0.01):
+        self._pool = pool
+        self._batcher: Batcher[StartRequest, bool] = Batcher(
+            self._write, max_items=max_items, max_wait_s=max_wait_s, concurrency=2
         )
 
-    return (await transaction(pool, update)) == "UPDATE 1"
+    def start(self, tg: TaskGroup) -> None:
+        self._batcher.start(tg)
+
+    async def mark(self, request: StartRequest) -> bool:
+        return await self._batcher.submit(request)
+
+    async def _write(self, batch: list[StartRequest]) -> list[bool | BaseException]:
+        return list(await mark_running_many(self._pool, batch))

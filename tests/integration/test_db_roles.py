@@ -144,9 +144,15 @@ async def test_ingest_does_its_work_under_its_own_role(
             digest = idempotency.request_hash({"inputs": ["x"]})
             assert await idempotency.claim(conn, tenant, "k1", digest, 86_400) is None
             assert await jobs.insert_job(
-                conn, job_id=job_id, tenant=tenant, model="m", inputs_count=1, callback_url=None
+                conn,
+                job_id=job_id,
+                tenant=tenant,
+                model="m",
+                inputs_count=1,
+                callback_url=None,
+                queue=queue,
+                message="{}",
             )
-            await outbox.add(conn, job_id=job_id, queue=queue, model="m", body="{}")
             await idempotency.complete(conn, tenant, "k1", 202, "{}")
         assert await outbox.unsent(conn, queue) == 1
         async with conn.transaction():

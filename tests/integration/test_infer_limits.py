@@ -70,6 +70,7 @@ async def test_an_oversized_job_fails_clearly_and_never_reaches_the_model(
         clean_env.setenv(name, value)
     clean_env.setenv("SQS_WAIT_S", "1")
     clean_env.setenv("SHUTDOWN_GRACE_S", "5")
+    clean_env.setenv("INFER_STARTED_AFTER_S", "0")  # every job run is announced, at once
     clean_env.setenv("INFER_CACHE_DIR", str(tmp_path / "cache"))
     settings = load_settings(InferSettings)
     assert (settings.max_inputs, settings.max_input_chars) == (256, 20_000)  # ingest's too

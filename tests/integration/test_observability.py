@@ -133,6 +133,8 @@ async def observed(
         for service, port in ports.items()
     }
     extra["infer"]["INFER_HANDLER_MODULES"] = "tests.models"
+    # Every job announced as running: its job.started message and span, whatever its speed.
+    extra["infer"]["INFER_STARTED_AFTER_S"] = "0"
     extra["notify"]["NOTIFY_RETRY_SCHEDULE_S"] = "0.2,0.2,0.2"
     async with (
         DevStack(ostack, DevOptions(http_port=0, extra=extra, tenant="obs")) as dev,

@@ -1,15 +1,22 @@
 """persist records a job's result once, however often the result message arrives."""
 
 import datetime
+import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import asyncpg
 import pytest
 
 from emulator import Stack
-from services.persist.writer import Recorded, ResultWriter, WriteRequest
+from services.persist.writer import (
+    Recorded,
+    ResultWriter,
+    StartedWriter,
+    StartRequest,
+    WriteRequest,
+)
 from shared.messages import JobResult, JobStatus, PoisonMessage
 
 pytestmark = pytest.mark.anyio
@@ -45,12 +52,16 @@ async def new_job(pool: asyncpg.Pool, tenant: str = "t1") -> uuid.UUID:
     return job_id
 
 
-async def record_all(writer: ResultWriter, requests: list[WriteRequest]) -> list[object]:
-    outcomes: list[object] = [None] * len(requests)
+async def concurrently(
+    writer: ResultWriter | StartedWriter, calls: list[Callable[[], Awaitable[object]]]
+) -> list[object]:
+    """Every call at once, with the writer's batching loop running; each call's outcome (a
+    PoisonMessage raised is its outcome)."""
+    outcomes: list[object] = [None] * len(calls)
 
     async def one(i: int) -> None:
         try:
-            outcomes[i] = await writer.record(requests[i])
+            outcomes[i] = await calls[i]()
         except PoisonMessage as exc:
             outcomes[i] = exc
 
@@ -58,10 +69,14 @@ async def record_all(writer: ResultWriter, requests: list[WriteRequest]) -> list
         async with anyio.create_task_group() as tg:
             writer.start(tg)
             async with anyio.create_task_group() as callers:
-                for i in range(len(requests)):
+                for i in range(len(calls)):
                     callers.start_soon(one, i)
             tg.cancel_scope.cancel()
     return outcomes
+
+
+async def record_all(writer: ResultWriter, requests: list[WriteRequest]) -> list[object]:
+    return await concurrently(writer, [functools.partial(writer.record, r) for r in requests])
 
 
 async def test_duplicate_results_are_recorded_once(pool: asyncpg.Pool) -> None:
@@ -157,3 +172,28 @@ async def test_started_moves_queued_to_running_only(pool: asyncpg.Pool) -> None:
     assert not await mark_running(pool, late, "t1", started)  # started after the result
     assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", late) == "succeeded"
     assert not await mark_running(pool, await new_job(pool, tenant="t2"), "t1", started)
+
+
+async def test_started_marks_batch_into_one_statement(pool: asyncpg.Pool) -> None:
+    """Concurrent marks share one UPDATE; each caller learns its own job's outcome."""
+    from shared.messages import JobStarted
+
+    started = JobStarted(model="m", model_version="7", started_at=NOW)
+    queued = [await new_job(pool) for _ in range(5)]
+    finished = await new_job(pool)
+    await record_all(ResultWriter(pool), [WriteRequest(finished, "t1", result())])
+    foreign = await new_job(pool, tenant="t2")
+    requests = [StartRequest(job_id, "t1", started) for job_id in [*queued, finished, foreign]]
+    requests.append(StartRequest(queued[0], "t1", started))  # a redelivery in the same batch
+    writer = StartedWriter(pool, max_items=64, max_wait_s=0.2)
+    outcomes = await concurrently(writer, [functools.partial(writer.mark, r) for r in requests])
+    assert outcomes[:5] == [True] * 5
+    assert outcomes[5:7] == [False, False]  # final already; another tenant's
+    rows = await pool.fetch(
+        "SELECT status, started_at, model_version FROM jobs WHERE id = ANY($1::uuid[])", queued
+    )
+    assert [(r["status"], r["started_at"], r["model_version"]) for r in rows] == [
+        ("running", NOW, "7")
+    ] * 5
+    assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", finished) == "succeeded"
+    assert await pool.fetchval("SELECT status FROM jobs WHERE id = $1", foreign) == "queued"

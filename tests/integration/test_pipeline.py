@@ -31,7 +31,7 @@ from emulator.seed import push
 from shared.aws import AwsClients
 from shared.topology import DEFAULT_MODEL, Topology
 from tests.conftest import free_port
-from tests.models import make_tiny_model
+from tests.models import SLOW_MARKER, make_tiny_model
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -259,6 +259,27 @@ async def test_sigterm_drains_infer_and_a_new_worker_finishes_everything(
     jobs = await pipeline.wait_final(job_ids, timeout=90)
     assert all(job["status"] == "succeeded" for job in jobs.values())
     assert time.perf_counter() - began < 90
+
+
+async def test_only_a_job_that_runs_long_is_seen_running(pipeline: Pipeline) -> None:
+    """INFER_STARTED_AFTER_S (0.5 s by default): a quick job goes from queued to succeeded,
+    a long one shows as running while the model holds it; both record when they started."""
+    slow = await pipeline.submit(TINY, [f"a long one {SLOW_MARKER}"])
+    seen: list[str] = []
+    with anyio.fail_after(60):
+        while not seen or seen[-1] not in ("succeeded", "failed"):
+            response = await pipeline.api.get(f"/v1/jobs/{slow}")
+            assert response.status_code == 200, response.text
+            seen.append(response.json()["status"])
+            await anyio.sleep(0.05)
+    assert "running" in seen, seen
+    assert seen[-1] == "succeeded"
+    quick = await pipeline.submit(TINY, ["a quick one"])
+    jobs = await pipeline.wait_final([slow, quick], timeout=60)
+    for job in jobs.values():
+        assert job["started_at"] is not None
+        assert job["started_at"] <= job["finished_at"]
+    # That the quick job sent no job.started message: tests/unit/test_infer_announce.py.
 
 
 async def test_a_job_redriven_from_the_dlq_completes(pipeline: Pipeline) -> None:

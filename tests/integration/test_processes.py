@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from emulator import Stack
-from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.conftest import PYTHON, REPO, free_port, subprocess_env
 from tests.processes import Output, read_until, stop
 
 pytestmark = pytest.mark.anyio
@@ -104,6 +104,35 @@ async def test_a_second_signal_does_not_cut_the_drain_short(stack: Stack) -> Non
     assert "already stopping" in output.text
     assert "consumer stopped" in output.text
     assert "stopped" in output.lines[-1]
+
+
+async def test_ingest_keeps_an_idle_connection_as_long_as_it_is_told(stack: Stack) -> None:
+    """INGEST_KEEP_ALIVE_S reaches the server: a reused connection is served, an idle one is
+    closed after that long (the default, 75 s, outlasts clients' 5 s; see services.ingest)."""
+    port = free_port()
+    env = {**stack.service_env("ingest"), "INGEST_HTTP_PORT": str(port), "INGEST_KEEP_ALIVE_S": "1"}
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    async with await anyio.open_process(
+        [PYTHON, "-m", "services.ingest"], env=subprocess_env(env), cwd=REPO
+    ) as process:
+        output = Output()
+        try:
+            # The API's own line ("job_finished listener ready" may come first).
+            listening = f"127.0.0.1:{port}"
+            assert await read_until(process.stderr, output, lambda line: listening in line, 30)
+            with anyio.fail_after(10):
+                async with await anyio.connect_tcp("127.0.0.1", port) as conn:
+                    for _ in range(2):  # the second request on the same connection
+                        await conn.send(request)
+                        answer = await conn.receive()
+                        assert answer.startswith(b"HTTP/1.1 200"), (answer, output.text)
+                        await anyio.sleep(0.3)
+                    idle_from = anyio.current_time()
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await conn.receive()
+                    assert anyio.current_time() - idle_from < 3
+        finally:
+            assert await stop(process) == 0, output.text
 
 
 async def test_missing_queue_at_start_says_how_to_fix(stack: Stack) -> None:

@@ -480,3 +480,40 @@ async def test_a_delivery_end_to_end_is_logged(conn: asyncpg.Connection) -> None
         [payload] = rx.verified_requests()
     assert payload["data"]["outputs"] == [[0.125]]
     assert await already_delivered(conn, job, event)
+
+
+async def test_delivery_state_is_the_four_reads_in_one(conn: asyncpg.Connection) -> None:
+    """delivery_state agrees with already_delivered, attempts_so_far and
+    load_notification_data at every step; recording with release frees the lease."""
+    from services.notify.store import claim_delivery, delivery_state
+
+    job = await insert_job(conn, "succeeded", outputs=[[0.5, -0.25]])
+    event = "job.succeeded"
+    wid = webhook_id_for(job, event)
+    assert await delivery_state(conn, uuid.uuid4(), event) is None
+    for attempt, result in enumerate([None, outcome(False, 503), outcome(True, 200)], start=1):
+        if result is not None:
+            assert await claim_delivery(conn, job, event, 30)
+            await record_attempt(
+                conn,
+                job_id=job,
+                webhook_id=wid,
+                event=event,
+                attempt=attempt - 1,
+                url="http://x/",
+                outcome=result,
+                release=True,
+            )
+        state = await delivery_state(conn, job, event)
+        assert state is not None
+        assert state.model == "all-minilm-l6-v2"
+        assert state.attempts == await attempts_so_far(conn, job, event) == attempt - 1
+        assert state.delivered == await already_delivered(conn, job, event)
+        assert state.data == await load_notification_data(conn, job)
+        assert state.data["outputs"] == [[0.5, -0.25]]
+        # Released with the record: the next attempt (or worker) can take the lease.
+        assert await claim_delivery(conn, job, event, 0.01)
+        await conn.execute("DELETE FROM webhook_leases WHERE job_id = $1", job)
+    assert state.delivered
+    other = await delivery_state(conn, job, "job.failed")
+    assert other is not None and other.attempts == 0 and not other.delivered
