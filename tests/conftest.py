@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,6 +61,21 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def run_python(
+    code: str, env: dict[str, str] | None = None, *, timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in the repository with :func:`subprocess_env`, output captured."""
+    return subprocess.run(
+        [PYTHON, "-c", code],
+        env=subprocess_env(env or {}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 def free_port() -> int:

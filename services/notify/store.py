@@ -103,18 +103,8 @@ async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[st
     Every key is always present. ``outputs`` is null unless the job succeeded; ``error``,
     ``finished_at`` and ``model_version`` are null when unknown.
     """
-    row = await conn.fetchrow(
-        """
-        SELECT j.id, j.status, j.model, j.error, j.created_at, j.finished_at,
-               coalesce(r.model_version, j.model_version) AS model_version,
-               r.outputs::text AS outputs
-        FROM jobs AS j
-        LEFT JOIN results AS r ON r.job_id = j.id
-        WHERE j.id = $1
-        """,
-        job_id,
-    )
-    return None if row is None else _notification_data(row)
+    state = await delivery_state(conn, job_id, "")  # no event: only the data is wanted
+    return None if state is None else state.data
 
 
 def _notification_data(row: asyncpg.Record) -> dict[str, Any]:

@@ -9,7 +9,6 @@ real API gives only under load or faults.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from conveyor import (
     WaitTimeout,
 )
 from shared.messages import JobStatus as ServiceJobStatus
-from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.conftest import run_python
 
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 URL = "http://conveyor.test"
@@ -147,15 +146,7 @@ def _imported_after(code: str, env: dict[str, str] | None = None) -> list[str]:
         f"{code}\nimport sys, json\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
-    done = subprocess.run(
-        [PYTHON, "-c", probe],
-        env=subprocess_env(env or {}),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_python(probe, env, check=True)
     modules: list[str] = json.loads(done.stdout.splitlines()[-1])
     return modules
 
@@ -184,15 +175,7 @@ with Client("http://conveyor.test", "k", transport=transport) as client:
 assert job.outputs == ([0.5, 0.25],), job.outputs
 print("lists")
 """
-    done = subprocess.run(
-        [PYTHON, "-c", code],
-        env=subprocess_env({}),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "lists"
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from shared import service
 from shared.errors import ConfigError
-from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.conftest import run_python
 
 _SERVICE = """
 import asyncio, sys
@@ -37,14 +35,6 @@ def test_options_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("choice", "module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
 def test_a_service_runs_on_the_loop_it_was_given(choice: str, module: str) -> None:
-    result = subprocess.run(
-        [PYTHON, "-c", _SERVICE],
-        env=subprocess_env({"EVENT_LOOP": choice}),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(_SERVICE, {"EVENT_LOOP": choice})
     assert result.returncode == 0, result.stderr
     assert f"loop: {module}" in result.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from benchmarks.gpu_check import MINILM_CONFIG, batch_sizes, sample_texts
-from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.conftest import REPO, run_python, subprocess_env
 
 PREINSTALLED = (
     "torch",
@@ -77,14 +77,7 @@ def test_the_wheels_carry_what_infers_model_path_imports() -> None:
         "print(json.dumps(sorted({str(getattr(m, '__file__', None)) "
         "for m in list(sys.modules.values())})))"
     )
-    result = subprocess.run(
-        [PYTHON, "-c", code],
-        env=subprocess_env({}),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
+    result = run_python(code, timeout=120, check=True)
     imported = _owners(set(json.loads(result.stdout)))
     missing = imported - _closure(PREINSTALLED) - _carried() - OPTIONAL - {"conveyor"}
     assert missing == set(), "add these to gpu_wheels.sh's packages"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from services.infer.threads import available_cpus, cgroup_cpu_quota
-from tests.conftest import PYTHON, subprocess_env
+from tests.conftest import run_python
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:
@@ -42,12 +41,5 @@ def test_the_affinity_is_honoured_in_a_real_process() -> None:
         "from services.infer.threads import configure_torch_threads; "
         "print(configure_torch_threads(None), torch.get_num_threads())"
     )
-    result = subprocess.run(
-        [PYTHON, "-c", code],
-        env=subprocess_env({}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_python(code, timeout=120, check=True)
     assert result.stdout.split() == ["1", "1"]
