@@ -226,7 +226,11 @@ async def test_the_figures_move_as_jobs_flow(observed: Observed) -> None:
     after = await observed.scrape_all()
     info = {"model": TINY, "version": "1", "kind": TINY_KIND, "device": "cpu"}
     assert value(after["infer"], "conveyor_infer_model_info", **info) == 1
-    assert value(after["infer"], "conveyor_infer_model_load_seconds", model=TINY) > 0
+    # Exported, and a duration: the tiny model can load within one tick of a coarse clock,
+    # so 0 is a possible reading (CI once read exactly 0.0).
+    load = ("conveyor_infer_model_load_seconds", frozenset({"model": TINY}.items()))
+    assert load in after["infer"]
+    assert after["infer"][load] >= 0
     for service in ("ingest", "persist", "notify"):  # each holds a database pool
         pool = after[service]
         assert value(pool, "conveyor_db_pool_max_connections") == 10
