@@ -93,6 +93,8 @@ JOB_TIMEOUT_S: Final = 120.0
 """The longest one job is waited for before it counts as not finished."""
 SERVER_WAIT_S: Final = 10
 """``?wait=`` of each status read."""
+READ_PARAMS: Final = {"wait": SERVER_WAIT_S, "encoding_format": "base64"}
+"""Each status read, with its vectors in base64 as the Python client (conveyor.client) asks."""
 SUBMIT_ATTEMPTS: Final = 20
 """429 answers (backlog over the limit) a submission waits out before it counts as failed."""
 NAIVE: Final = "naive-worker"
@@ -421,7 +423,7 @@ class ConveyorApi:
     async def _wait(self, http: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
         with anyio.move_on_after(JOB_TIMEOUT_S):
             while True:
-                response = await http.get(f"/v1/jobs/{job_id}", params={"wait": SERVER_WAIT_S})
+                response = await http.get(f"/v1/jobs/{job_id}", params=READ_PARAMS)
                 response.raise_for_status()
                 job: dict[str, Any] = response.json()
                 if job["status"] in ("succeeded", "failed", "cancelled"):

@@ -89,7 +89,8 @@ async def main(args: argparse.Namespace) -> None:
             async def wait(job_id: str) -> None:
                 async with limiter:
                     while True:
-                        job = (await api.get(f"/v1/jobs/{job_id}", params={"wait": 10})).json()
+                        read = {"wait": 10, "encoding_format": "base64"}  # as conveyor.client
+                        job = (await api.get(f"/v1/jobs/{job_id}", params=read)).json()
                         if job["status"] in ("succeeded", "failed"):
                             jobs.append(job)
                             return

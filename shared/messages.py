@@ -12,13 +12,25 @@ raises :class:`PoisonMessage`, and the consumer lets the redrive policy move it 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import uuid
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
+from shared import vectors
 from shared.errors import ConveyorError
 
 __all__ = [
@@ -32,6 +44,7 @@ __all__ = [
     "Notification",
     "PayloadRef",
     "PoisonMessage",
+    "Vectors",
     "decode_envelope",
 ]
 
@@ -117,19 +130,76 @@ class JobStarted(_Frozen):
     started_at: datetime.datetime
 
 
+def _from_base64(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"not base64: {exc}") from None
+    raise ValueError("expected base64 text")
+
+
+def _to_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+Base64Data = Annotated[
+    bytes,
+    PlainValidator(_from_base64),
+    PlainSerializer(_to_base64, return_type=str, when_used="json"),
+]
+"""Bytes, base64 in JSON (standard alphabet, padded, no line breaks)."""
+
+
+class Vectors(_Frozen):
+    """One float32 vector per input, packed (:mod:`shared.vectors`)."""
+
+    dim: int = Field(ge=1)
+    data: Base64Data
+
+    @model_validator(mode="after")
+    def _whole_vectors(self) -> Vectors:
+        vectors.check(self.data, self.dim)
+        return self
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[float]]) -> Vectors:
+        data, dim = vectors.pack(rows)
+        return cls(dim=dim, data=data)
+
+    @property
+    def count(self) -> int:
+        return len(self.data) // (self.dim * vectors.ITEM_BYTES)
+
+    def rows(self) -> list[list[float]]:
+        return vectors.unpack(self.data, self.dim)
+
+
 class JobResult(_Frozen):
     """infer -> persist: the outcome of one job."""
 
     status: Literal[JobStatus.SUCCEEDED, JobStatus.FAILED]
     model: str
     model_version: str | None = None
+    vectors: Vectors | None = None
+    """The outputs of a succeeded job, one vector per input."""
     outputs: list[list[float]] | None = None
+    """The outputs as numbers, from an infer older than packed vectors: a rolling upgrade can
+    leave such messages in the results queue, and persist packs them (:meth:`packed`)."""
     error: str | None = None
     started_at: datetime.datetime
     finished_at: datetime.datetime
     batch_size: int = 0
     """How many jobs shared the model call that produced this result."""
     callback_url: str | None = None
+
+    def packed(self) -> Vectors | None:
+        """The outputs, packed, whichever way they came."""
+        if self.vectors is not None or not self.outputs:
+            return self.vectors
+        return Vectors.of(self.outputs)
 
 
 class Notification(_Frozen):

@@ -260,7 +260,7 @@ class AsyncClient:
             response = await self._send(
                 "GET",
                 _base.job_path(job_id),
-                params={"wait": f"{chunk:.3f}"} if chunk > 0 else None,
+                params=_base.read_params(chunk),
                 timeout=self._timeout + max(chunk, 0),
             )
             job = parse_job(_base.check(response), use_numpy=self._use_numpy)

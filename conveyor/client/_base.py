@@ -111,6 +111,16 @@ def job_path(job_id: str | uuid.UUID) -> str:
     return f"/v1/jobs/{quote(str(job_id), safe='')}"
 
 
+def read_params(wait_s: float) -> dict[str, str]:
+    """The query of a job read: its vectors in base64 (their float32 bytes; nothing to print
+    on the server nor to parse here), and ``wait`` when positive. A server older than the
+    parameter ignores it and answers numbers, which :func:`parse_job` reads as well."""
+    params = {"encoding_format": "base64"}
+    if wait_s > 0:
+        params["wait"] = f"{wait_s:.3f}"
+    return params
+
+
 def new_key(kind: str = "py") -> str:
     """A fresh Idempotency-Key, so that retrying a submission never records a second job."""
     return f"conveyor-{kind}-{uuid.uuid4().hex}"

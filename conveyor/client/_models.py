@@ -8,15 +8,20 @@
 
 Outputs are one vector per input, in input order: a float32 ``numpy.ndarray`` each when numpy
 can be imported (and the client was not told otherwise), else a list of floats. numpy is
-imported the first time outputs are read, never by ``import conveyor``.
+imported the first time outputs are read, never by ``import conveyor``. The client asks for
+them in base64 (``encoding_format=base64``: each vector's float32 bytes, little-endian) and
+reads numbers as well, from a server older than that parameter.
 """
 
 from __future__ import annotations
 
+import array
+import base64
 import datetime
 import enum
 import functools
 import importlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -132,14 +137,33 @@ def parse_job(body: Any, *, use_numpy: bool | None) -> Job:
     )
 
 
-def vectors(raw: Sequence[Sequence[float]], *, use_numpy: bool | None) -> tuple[Vector, ...]:
-    """Each output as a float32 array (numpy wanted and present) or a list of floats."""
+def vectors(raw: Sequence[Sequence[float] | str], *, use_numpy: bool | None) -> tuple[Vector, ...]:
+    """Each output as a float32 array (numpy wanted and present) or a list of floats; an
+    output is numbers, or the base64 of its float32 values (little-endian)."""
     np = numpy_module() if use_numpy is not False else None
     if use_numpy and np is None:
         raise RuntimeError("use_numpy=True, but numpy cannot be imported")
     if np is None:
-        return tuple([float(x) for x in vector] for vector in raw)
-    return tuple(np.asarray(vector, dtype=np.float32) for vector in raw)
+        return tuple(
+            _floats(base64.b64decode(vector))
+            if isinstance(vector, str)
+            else [float(x) for x in vector]
+            for vector in raw
+        )
+    return tuple(
+        np.frombuffer(base64.b64decode(vector), dtype="<f4").astype(np.float32)  # a copy
+        if isinstance(vector, str)
+        else np.asarray(vector, dtype=np.float32)
+        for vector in raw
+    )
+
+
+def _floats(packed: bytes) -> list[float]:
+    values = array.array("f")
+    values.frombytes(packed)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
 
 
 @functools.cache

@@ -253,7 +253,7 @@ class Client:
             response = self._send(
                 "GET",
                 _base.job_path(job_id),
-                params={"wait": f"{chunk:.3f}"} if chunk > 0 else None,
+                params=_base.read_params(chunk),
                 timeout=self._timeout + max(chunk, 0),
                 stop=stop,
             )

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from services.infer.errors import ModelLoadError
@@ -94,19 +96,18 @@ class SentenceEmbedding:
             self._cost_tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
         )
 
-    def predict(self, inputs: list[str]) -> list[list[float]]:
+    def predict(self, inputs: list[str]) -> npt.NDArray[np.float32]:
+        vectors = np.empty((len(inputs), self.dim), dtype=np.float32)
         if not inputs:
-            return []
+            return vectors
         encoded = self._tokenizer(inputs, truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         order = sorted(range(len(inputs)), key=lengths.__getitem__)
-        vectors: list[list[float]] = [[] for _ in inputs]
         for chunk in _chunks(order, lengths):
-            for index, vector in zip(chunk, self._encode([inputs[i] for i in chunk]), strict=True):
-                vectors[index] = vector
+            vectors[chunk] = self._encode([inputs[i] for i in chunk])
         return vectors
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
+    def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         batch = self._to_device(
             self._tokenizer(
                 texts,
@@ -122,7 +123,7 @@ class SentenceEmbedding:
             mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
             pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             normalised = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            result: list[list[float]] = normalised.cpu().tolist()
+            result: npt.NDArray[np.float32] = normalised.cpu().numpy()
         return result
 
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

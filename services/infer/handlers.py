@@ -8,8 +8,10 @@ A manifest names its handler ``kind``; a handler class (or any factory) register
 
         def __init__(self, directory: Path, device: torch.device) -> None: ...
         def cost(self, text: str) -> int: ...
-        def predict(self, inputs: list[str]) -> list[list[float]]: ...
+        def predict(self, inputs: list[str]) -> numpy.ndarray: ...
 
+``predict`` returns one vector per input: a float32 array of shape ``(len(inputs), dim)`` is
+what infer carries on as it is; a CPU tensor or lists of numbers are converted (to float32).
 A handler may also have ``compile() -> None``: with ``INFER_COMPILE=true`` infer calls it once
 after loading, before the first job (the built-in kind wraps its model in ``torch.compile``);
 a handler without it runs as it is.
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, TypeVar
 
+import numpy.typing as npt
 import torch
 
 from services.infer.errors import ModelError, ModelLoadError, UnknownModelKind
@@ -57,8 +60,10 @@ class ModelHandler(Protocol):
         length, as ``predict`` truncates), for the batch token budget."""
         ...
 
-    def predict(self, inputs: list[str]) -> list[list[float]]:
-        """One output vector per input, in order. May raise for the whole batch."""
+    def predict(self, inputs: list[str]) -> npt.ArrayLike:
+        """One output vector per input, in order, all of one length: ideally a float32 array
+        of shape ``(len(inputs), dim)`` (:func:`services.infer.runner.as_matrix`). May raise
+        for the whole batch."""
         ...
 
 

@@ -10,6 +10,10 @@ the others of the batch succeed.
 Traces: a batch serves many jobs, each with its own trace. The batch is a span of its own
 (``model batch``) linked to the span of every job in it; each job gets a ``model call`` child
 span with the call's times, linked back to the batch. Metrics: :mod:`services.infer.metrics`.
+
+Outputs stay one float32 array per batch (``(texts, dim)``); each job gets its rows, and infer
+packs them into the result message as they are (:mod:`shared.vectors`): no number becomes a
+Python float or JSON text on the way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 from anyio.abc import TaskGroup
 from opentelemetry import trace
 
@@ -32,9 +38,13 @@ from services.infer.metrics import (
     MODEL_CALLS,
 )
 from shared.batching import Batcher
+from shared.messages import Vectors
 from shared.tracing import tracer
 
-__all__ = ["Job", "ModelFailure", "ModelRunner", "RunnerStats"]
+__all__ = ["Job", "Matrix", "ModelFailure", "ModelRunner", "RunnerStats", "as_matrix", "packed"]
+
+Matrix = npt.NDArray[np.float32]
+"""One output vector per row."""
 
 
 class ModelFailure(Exception):
@@ -87,7 +97,7 @@ class ModelRunner:
         self.stats = RunnerStats()
         # One model call at a time: a device runs one batch well, not two badly.
         self._device = anyio.CapacityLimiter(1)
-        self._batcher: Batcher[Job, list[list[float]]] = Batcher(
+        self._batcher: Batcher[Job, Matrix] = Batcher(
             self._run_batch,
             max_items=max_batch_items,
             max_cost=max_batch_tokens,
@@ -109,11 +119,11 @@ class ModelRunner:
             context if context.is_valid else None,
         )
 
-    async def run(self, job: Job) -> list[list[float]]:
-        """The job's outputs, one per input; raises ModelFailure if the model refused it."""
+    async def run(self, job: Job) -> Matrix:
+        """The job's outputs, one row per input; raises ModelFailure if the model refused it."""
         return await self._batcher.submit(job)
 
-    async def _run_batch(self, jobs: list[Job]) -> list[list[list[float]] | BaseException]:
+    async def _run_batch(self, jobs: list[Job]) -> list[Matrix | BaseException]:
         texts = [text for job in jobs for text in job.inputs]
         tokens = sum(job.cost for job in jobs)
         attributes: dict[str, str | int] = {
@@ -141,7 +151,7 @@ class ModelRunner:
                 self.stats.isolations += 1
                 ISOLATED.labels(self.model).inc()
                 batch.set_attribute("conveyor.isolated", True)
-                results: list[list[list[float]] | BaseException] = []
+                results: list[Matrix | BaseException] = []
                 for job in jobs:
                     results.extend(await self._run_batch([job]))
                 return results
@@ -181,8 +191,8 @@ class ModelRunner:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error))
             span.end(end_time=ended_ns)
 
-    async def _predict(self, texts: list[str]) -> list[list[float]]:
-        outputs: list[list[float]] = []
+    async def _predict(self, texts: list[str]) -> Matrix:
+        outputs: list[Matrix] = []
         for start in range(0, len(texts), self.max_batch_items):
             chunk = texts[start : start + self.max_batch_items]
             self._record(len(chunk))
@@ -191,10 +201,12 @@ class ModelRunner:
                 self.handler.predict, chunk, limiter=self._device
             )
             MODEL_CALL_DURATION.labels(self.model).observe(time.perf_counter() - began)
-            if len(result) != len(chunk):
-                raise RuntimeError(f"the model returned {len(result)} outputs for {len(chunk)}")
-            outputs.extend(result)
-        return outputs
+            outputs.append(as_matrix(result, len(chunk)))
+        if len(outputs) == 1:
+            return outputs[0]
+        if len({matrix.shape[1] for matrix in outputs}) != 1:
+            raise RuntimeError("the model returned vectors of different lengths")
+        return np.concatenate(outputs)
 
     def _record(self, size: int) -> None:
         stats = self.stats
@@ -205,3 +217,23 @@ class ModelRunner:
             stats.call_sizes.append(size)
         MODEL_CALLS.labels(self.model).inc()
         BATCH_ITEMS.labels(self.model).observe(size)
+
+
+def as_matrix(result: object, count: int) -> Matrix:
+    """A handler's outputs for ``count`` inputs as a C-ordered ``(count, dim)`` float32 array:
+    it may return an array, a CPU tensor or lists of numbers."""
+    try:
+        matrix = np.ascontiguousarray(result, dtype=np.float32)
+    except (TypeError, ValueError) as exc:  # ragged lists, or not numbers at all
+        raise RuntimeError(f"the model's outputs are not one vector per input: {exc}") from exc
+    if matrix.ndim != 2 or matrix.shape[0] != count or matrix.shape[1] == 0:
+        raise RuntimeError(
+            f"the model returned outputs of shape {matrix.shape} for {count} inputs; "
+            "expected one non-empty vector per input"
+        )
+    return matrix
+
+
+def packed(matrix: Matrix) -> Vectors:
+    """A job's rows as the result message carries them (:mod:`shared.vectors`)."""
+    return Vectors(dim=matrix.shape[1], data=matrix.astype("<f4", copy=False).tobytes())

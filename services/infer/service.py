@@ -35,7 +35,7 @@ from services.infer.handlers import (
 from services.infer.limits import over_limits
 from services.infer.metrics import JOBS, MODEL_INFO, MODEL_LOAD
 from services.infer.registry import fetch_model, wait_for_version
-from services.infer.runner import ModelFailure, ModelRunner
+from services.infer.runner import Matrix, ModelFailure, ModelRunner, packed
 from services.infer.threads import configure_torch_threads
 from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
@@ -124,7 +124,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 envelope: Envelope,
                 request: JobRequest,
                 started: datetime.datetime,
-                outputs: list[list[float]] | None,
+                outputs: Matrix | None,
                 error: str | None,
             ) -> None:
                 """Publish the job's result: its outputs, or the error it failed with."""
@@ -132,7 +132,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                     status=JobStatus.SUCCEEDED if error is None else JobStatus.FAILED,
                     model=model,
                     model_version=version,
-                    outputs=outputs,
+                    vectors=None if outputs is None else packed(outputs),
                     error=error,
                     started_at=started,
                     finished_at=_now(),
@@ -182,7 +182,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                     JOBS.labels(model, "refused").inc()
                     return
 
-                async def run_batch() -> tuple[list[list[float]] | None, str | None]:
+                async def run_batch() -> tuple[Matrix | None, str | None]:
                     # Waiting for company, then the model call: the batch links to this span.
                     with tracer().start_as_current_span("batch", record_exception=False) as span:
                         try:

@@ -6,7 +6,8 @@
                                429 + Retry-After while the model's backlog is over the limit;
                                409 while the model has no deployed version (naming the push)
     GET  /v1/jobs/{job_id}     the job (tenant-scoped); ?wait=N holds the answer up to N s
-                               until the job is final
+                               until the job is final; ?encoding_format=base64 writes each
+                               vector as the base64 of its float32 values
     DELETE /v1/jobs/{job_id}   cancel a queued or running job: 200 + the job; 409 if final
     GET  /healthz              liveness, no dependencies
     GET  /readyz               PostgreSQL and the queues answer, 2 s each; ``models`` says
@@ -168,9 +169,9 @@ def create_app(
             return f"{str(settings.public_url).rstrip('/')}/v1/jobs/{job_id}"
         return str(request.url_for("get_job", job_id=str(job_id)))
 
-    async def read(job_id: uuid.UUID, tenant: str) -> JobView | None:
+    async def read(job_id: uuid.UUID, tenant: str, encoding: jobs.EncodingFormat) -> JobView | None:
         async with pool.acquire() as conn:
-            return await jobs.get_job(conn, job_id, tenant)
+            return await jobs.get_job(conn, job_id, tenant, encoding)
 
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
@@ -349,13 +350,20 @@ def create_app(
                 description="seconds to hold the answer until the job is final",
             ),
         ] = 0,
+        encoding_format: Annotated[
+            jobs.EncodingFormat,
+            Query(
+                description="how the vectors are written: lists of numbers (float), or each "
+                "the base64 of its float32 values, little-endian (base64)"
+            ),
+        ] = jobs.EncodingFormat.FLOAT,
     ) -> JobView:
-        job = await read(job_id, tenant)
+        job = await read(job_id, tenant, encoding_format)
         if job is not None and wait > 0 and not job.status.final:
             deadline = anyio.current_time() + wait
             with waiters.watch(job_id) as watch:
                 while True:
-                    job = await read(job_id, tenant)
+                    job = await read(job_id, tenant, encoding_format)
                     remaining = deadline - anyio.current_time()
                     if job is None or job.status.final or remaining <= 0:
                         break

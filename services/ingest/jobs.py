@@ -7,17 +7,19 @@ tenant's job is indistinguishable from a job that does not exist.
 from __future__ import annotations
 
 import datetime
-import json
 import uuid
+from enum import StrEnum
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict
 
+from shared import vectors
 from shared.messages import JobStatus
 
 __all__ = [
     "Conn",
+    "EncodingFormat",
     "JobOutputs",
     "JobView",
     "cancel_job",
@@ -29,12 +31,24 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 """A connection of its own or one borrowed from a pool."""
 
 
+class EncodingFormat(StrEnum):
+    """How ``GET /v1/jobs/{job_id}`` writes the vectors (``encoding_format``)."""
+
+    FLOAT = "float"
+    """Each vector a list of numbers."""
+    BASE64 = "base64"
+    """Each vector the base64 of its float32 values, little-endian (as OpenAI's embeddings
+    API does): a third of the size, and nothing to parse (``numpy.frombuffer(base64.b64decode(
+    text), "<f4")``)."""
+
+
 class JobOutputs(BaseModel):
     """What a succeeded job produced: one vector per input, in input order."""
 
     model_config = ConfigDict(frozen=True)
 
-    outputs: list[list[float]]
+    outputs: list[list[float]] | list[str]
+    """Numbers, or base64 text with ``encoding_format=base64``."""
 
 
 class JobView(BaseModel):
@@ -98,21 +112,32 @@ async def insert_job(
 
 _GET_JOB = """
 SELECT j.id, j.status, j.model, coalesce(j.model_version, r.model_version) AS model_version,
-       j.inputs_count, j.created_at, j.started_at, j.finished_at, j.error, r.outputs
+       j.inputs_count, j.created_at, j.started_at, j.finished_at, j.error,
+       r.vectors, r.dimensions, r.outputs::text AS outputs
 FROM jobs j
 LEFT JOIN results r ON r.job_id = j.id
 WHERE j.id = $1 AND j.tenant_id = $2
 """
 
 
-async def get_job(conn: Conn, job_id: uuid.UUID, tenant: str) -> JobView | None:
+async def get_job(
+    conn: Conn,
+    job_id: uuid.UUID,
+    tenant: str,
+    encoding: EncodingFormat = EncodingFormat.FLOAT,
+) -> JobView | None:
     """The job ``job_id`` of ``tenant`` with its outputs, or None (also for another tenant's)."""
     row = await conn.fetchrow(_GET_JOB, job_id, tenant)
     if row is None:
         return None
-    outputs = row["outputs"]
-    if isinstance(outputs, str):  # jsonb arrives as text unless the pool set a codec
-        outputs = json.loads(outputs)
+    stored = vectors.stored(row["vectors"], row["dimensions"], row["outputs"])
+    outputs: list[list[float]] | list[str] | None = None
+    if stored is not None:
+        outputs = (
+            vectors.rows_base64(*stored)
+            if encoding is EncodingFormat.BASE64
+            else vectors.unpack(*stored)
+        )
     return JobView(
         id=row["id"],
         status=JobStatus(row["status"]),

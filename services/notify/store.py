@@ -7,7 +7,6 @@ skipped, and the attempt count survives redeliveries and restarts.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -16,6 +15,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.notify.delivery import DeliveryOutcome, iso_utc
+from shared import vectors
 
 __all__ = [
     "Connection",
@@ -108,9 +108,10 @@ async def load_notification_data(conn: Connection, job_id: uuid.UUID) -> dict[st
 
 
 def _notification_data(row: asyncpg.Record) -> dict[str, Any]:
-    succeeded = row["status"] == "succeeded"
-    # jsonb read as text and parsed here, whatever codecs the connection has set up.
-    outputs = json.loads(row["outputs"]) if succeeded and row["outputs"] is not None else None
+    stored = None
+    if row["status"] == "succeeded":
+        stored = vectors.stored(row["vectors"], row["dimensions"], row["outputs"])
+    outputs = None if stored is None else vectors.unpack(*stored)
     return {
         "job_id": str(row["id"]),
         "status": row["status"],
@@ -143,7 +144,8 @@ async def delivery_state(conn: Connection, job_id: uuid.UUID, event: str) -> Del
         """
         SELECT j.id, j.status, j.model, j.error, j.created_at, j.finished_at,
                coalesce(r.model_version, j.model_version) AS model_version,
-               r.outputs::text AS outputs, log.delivered, log.attempts
+               r.vectors, r.dimensions, r.outputs::text AS outputs,
+               log.delivered, log.attempts
         FROM jobs AS j
         LEFT JOIN results AS r ON r.job_id = j.id
         CROSS JOIN LATERAL (

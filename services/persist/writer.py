@@ -14,7 +14,6 @@ commit (``conveyor_job_end_to_end_duration_seconds``, :mod:`services.persist.met
 from __future__ import annotations
 
 import datetime
-import json
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -132,22 +131,27 @@ class ResultWriter:
 
     @staticmethod
     async def _finalise(conn: Connection, fresh: list[WriteRequest]) -> None:
-        succeeded = [r for r in fresh if r.result.status == JobStatus.SUCCEEDED]
-        await conn.executemany(
-            """
-            INSERT INTO results (job_id, outputs, model_version, batch_size)
-            VALUES ($1, $2::jsonb, $3, $4)
-            ON CONFLICT (job_id) DO NOTHING
-            """,
-            [
+        rows = []
+        for r in fresh:
+            if r.result.status != JobStatus.SUCCEEDED:
+                continue
+            vectors = r.result.packed()  # stored as they came: no number is parsed or printed
+            rows.append(
                 (
                     r.job_id,
-                    json.dumps(r.result.outputs),
+                    None if vectors is None else vectors.data,
+                    None if vectors is None else vectors.dim,
                     r.result.model_version,
                     r.result.batch_size,
                 )
-                for r in succeeded
-            ],
+            )
+        await conn.executemany(
+            """
+            INSERT INTO results (job_id, vectors, dimensions, model_version, batch_size)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (job_id) DO NOTHING
+            """,
+            rows,
         )
         await conn.executemany(
             """

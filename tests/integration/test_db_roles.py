@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +34,8 @@ from shared.config import (
 )
 from shared.db import migrate
 from shared.db.roles import GROUPS, credentials_of, ensure_login, login_url, scram_verifier
-from shared.messages import JobResult, JobStarted, JobStatus
+from shared.messages import JobResult, JobStarted, JobStatus, Vectors
+from shared.vectors import unpack
 from tests.processes import run_module
 
 pytestmark = pytest.mark.anyio
@@ -189,7 +189,7 @@ async def test_persist_does_its_work_under_its_own_role(
         status=JobStatus.SUCCEEDED,
         model="m",
         model_version="1",
-        outputs=[[1.0, 0.0]],
+        vectors=Vectors.of([[1.0, 0.0]]),
         started_at=NOW,
         finished_at=NOW,
     )
@@ -215,11 +215,12 @@ async def test_persist_does_its_work_under_its_own_role(
     finally:
         await listener.close()
     row = await admin.fetchrow(
-        "SELECT j.status, r.outputs FROM jobs j JOIN results r ON r.job_id = j.id WHERE j.id = $1",
+        "SELECT j.status, r.vectors, r.dimensions FROM jobs j JOIN results r ON r.job_id = j.id "
+        "WHERE j.id = $1",
         job_id,
     )
     assert row["status"] == "succeeded"
-    assert json.loads(row["outputs"]) == [[1.0, 0.0]]
+    assert unpack(row["vectors"], row["dimensions"]) == [[1.0, 0.0]]
 
 
 async def test_notify_does_its_work_under_its_own_role(

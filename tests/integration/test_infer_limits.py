@@ -121,17 +121,17 @@ async def test_an_oversized_job_fails_clearly_and_never_reaches_the_model(
                 stopping.set()
 
     too_many, too_long, fine = results["too-many"], results["too-long"], results["fine"]
-    assert (too_many.status, too_many.outputs) == (JobStatus.FAILED, None)
+    assert (too_many.status, too_many.vectors) == (JobStatus.FAILED, None)
     assert too_many.error == (
         "refused: the job has 257 inputs, more than the limit of 256 (MAX_INPUTS)"
     )
-    assert (too_long.status, too_long.outputs) == (JobStatus.FAILED, None)
+    assert (too_long.status, too_long.vectors) == (JobStatus.FAILED, None)
     assert too_long.error == (
         "refused: inputs[0] has 900000 characters, more than the limit of 20000 (MAX_INPUT_CHARS)"
     )
     assert fine.status is JobStatus.SUCCEEDED
-    assert fine.outputs is not None
-    assert len(fine.outputs) == 1
+    assert fine.vectors is not None
+    assert fine.vectors.count == 1
     # The model saw the job within the limits (its cost, then its batch) and nothing else.
     assert SEEN == ["hello world", "hello world"]
     assert started == {"fine"}  # a refused job goes from queued straight to failed

@@ -7,7 +7,9 @@ will send). Requests carry a real API key of a tenant made for the test (authent
 itself: ``test_auth.py``).
 """
 
+import base64
 import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +25,7 @@ from fastapi import FastAPI
 
 from emulator import Stack
 from services.ingest.api import JobWaiters, create_app
+from shared import vectors
 from shared.apikeys import create_key
 from shared.config import IngestSettings
 from shared.errors import AwsUnavailable
@@ -137,8 +140,11 @@ async def api(stack: Stack, clean_env: pytest.MonkeyPatch) -> AsyncIterator[Api]
         yield running_api
 
 
-async def finish(pool: asyncpg.Pool, job_id: uuid.UUID, outputs: Any, *, notify: bool) -> None:
-    """Finalise a job as the persist service does: row, result and notification at once."""
+async def finish(
+    pool: asyncpg.Pool, job_id: uuid.UUID, outputs: Any, *, notify: bool, packed: bool = True
+) -> None:
+    """Finalise a job as the persist service does: row, result and notification at once.
+    ``packed=False`` stores the outputs as a result row from before packed vectors (jsonb)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             """
@@ -148,12 +154,22 @@ async def finish(pool: asyncpg.Pool, job_id: uuid.UUID, outputs: Any, *, notify:
             """,
             job_id,
         )
-        await conn.execute(
-            "INSERT INTO results (job_id, outputs, model_version, batch_size) "
-            "VALUES ($1, $2::jsonb, 'v1', 1)",
-            job_id,
-            json.dumps(outputs),
-        )
+        if packed:
+            data, dim = vectors.pack(outputs)
+            await conn.execute(
+                "INSERT INTO results (job_id, vectors, dimensions, model_version, batch_size) "
+                "VALUES ($1, $2, $3, 'v1', 1)",
+                job_id,
+                data,
+                dim,
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO results (job_id, outputs, model_version, batch_size) "
+                "VALUES ($1, $2::jsonb, 'v1', 1)",
+                job_id,
+                json.dumps(outputs),
+            )
         if notify:
             await conn.execute("SELECT pg_notify('job_finished', $1::text)", str(job_id))
 
@@ -475,6 +491,39 @@ async def test_wait_returns_when_the_job_finishes(api: Api) -> None:
     # Woken by the notification, well before the 1 s re-read would have found it.
     assert 0.25 <= elapsed < 0.8, elapsed
     assert len(api.waiters) == 0
+
+
+async def test_vectors_in_base64_are_their_float32_bytes(api: Api) -> None:
+    job_id = await api.submit(inputs=["a", "b"])
+    outputs = [[0.25, -0.5, 3.0], [1.0, 0.0, -1.5]]
+    await finish(api.pool, job_id, outputs, notify=False)
+    response = await api.client.get(f"/v1/jobs/{job_id}", params={"encoding_format": "base64"})
+    assert response.status_code == 200
+    encoded = response.json()["result"]["outputs"]
+    assert [list(struct.unpack("<3f", base64.b64decode(text))) for text in encoded] == outputs
+    floats = await api.client.get(f"/v1/jobs/{job_id}", params={"encoding_format": "float"})
+    assert floats.json()["result"] == {"outputs": outputs}
+
+
+async def test_a_result_stored_before_packing_reads_the_same(api: Api) -> None:
+    """Rows written before packed vectors (jsonb outputs) answer in both encodings."""
+    job_id = await api.submit(inputs=["a", "b"])
+    outputs = [[0.25, -0.5], [1.0, 0.0]]
+    await finish(api.pool, job_id, outputs, notify=False, packed=False)
+    floats = await api.client.get(f"/v1/jobs/{job_id}")
+    assert floats.json()["result"] == {"outputs": outputs}
+    encoded = await api.client.get(f"/v1/jobs/{job_id}", params={"encoding_format": "base64"})
+    assert [
+        list(struct.unpack("<2f", base64.b64decode(text)))
+        for text in encoded.json()["result"]["outputs"]
+    ] == outputs
+
+
+async def test_an_unknown_encoding_format_is_422(api: Api) -> None:
+    job_id = await api.submit(inputs=["a"])
+    response = await api.client.get(f"/v1/jobs/{job_id}", params={"encoding_format": "hex"})
+    assert response.status_code == 422
+    assert "encoding_format" in response.json()["error"]
 
 
 async def test_wait_notices_a_finish_without_notification(api: Api) -> None:

@@ -17,7 +17,8 @@ from services.persist.writer import (
     StartRequest,
     WriteRequest,
 )
-from shared.messages import JobResult, JobStatus, PoisonMessage
+from shared.messages import JobResult, JobStatus, PoisonMessage, Vectors
+from shared.vectors import unpack
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +30,7 @@ def result(status: JobStatus = JobStatus.SUCCEEDED, value: float = 1.0) -> JobRe
         status=status,
         model="m",
         model_version="1",
-        outputs=[[value, 0.0]] if status == JobStatus.SUCCEEDED else None,
+        vectors=Vectors.of([[value, 0.0]]) if status == JobStatus.SUCCEEDED else None,
         error=None if status == JobStatus.SUCCEEDED else "boom",
         started_at=NOW,
         finished_at=NOW,
@@ -87,12 +88,50 @@ async def test_duplicate_results_are_recorded_once(pool: asyncpg.Pool) -> None:
     outcomes = await record_all(ResultWriter(pool), [first, second])
     assert sorted(map(str, outcomes)) == ["duplicate", "new"]
     assert await record_all(ResultWriter(pool), [first]) == [Recorded.DUPLICATE]
-    rows = await pool.fetch("SELECT outputs FROM results WHERE job_id = $1", job_id)
-    assert len(rows) == 1
+    rows = await pool.fetch("SELECT vectors, dimensions FROM results WHERE job_id = $1", job_id)
+    assert [unpack(row["vectors"], row["dimensions"]) for row in rows] == [[[1.0, 0.0]]]
     job = await pool.fetchrow("SELECT status, version, finished_at FROM jobs WHERE id = $1", job_id)
     assert job["status"] == "succeeded"
     assert job["version"] == 1
     assert job["finished_at"] is not None
+
+
+async def test_vectors_are_stored_as_they_came(pool: asyncpg.Pool) -> None:
+    """The message's bytes are the row's bytes: nothing parsed, nothing rounded."""
+    job_id = await new_job(pool)
+    sent = Vectors.of([[0.1, -2.5, 3.0e-7], [1.0, 0.0, -0.0]])
+    packed = result().model_copy(update={"vectors": sent})
+    assert await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", packed)]) == [
+        Recorded.NEW
+    ]
+    row = await pool.fetchrow(
+        "SELECT vectors, dimensions, outputs FROM results WHERE job_id = $1", job_id
+    )
+    assert (row["vectors"], row["dimensions"], row["outputs"]) == (sent.data, 3, None)
+
+
+async def test_a_result_with_numbers_from_an_older_infer_is_stored_packed(
+    pool: asyncpg.Pool,
+) -> None:
+    """A rolling upgrade leaves results of the old shape (``outputs``) in the queue."""
+    job_id = await new_job(pool)
+    numbers = [[0.5, -0.25], [1.0, 0.1]]
+    old = result().model_copy(update={"vectors": None, "outputs": numbers})
+    assert await record_all(ResultWriter(pool), [WriteRequest(job_id, "t1", old)]) == [Recorded.NEW]
+    row = await pool.fetchrow("SELECT vectors, dimensions FROM results WHERE job_id = $1", job_id)
+    stored = unpack(row["vectors"], row["dimensions"])
+    assert stored[0] == [0.5, -0.25]  # exact in float32
+    assert stored[1][0] == 1.0 and stored[1][1] == pytest.approx(0.1, rel=1e-7)
+
+
+async def test_the_database_refuses_vectors_that_are_not_whole(pool: asyncpg.Pool) -> None:
+    job_id = await new_job(pool)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(
+            "INSERT INTO results (job_id, vectors, dimensions) VALUES ($1, $2, 2)",
+            job_id,
+            b"\0" * 12,  # one and a half vectors of 2
+        )
 
 
 async def test_final_state_is_final(pool: asyncpg.Pool) -> None:

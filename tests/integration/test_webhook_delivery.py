@@ -32,6 +32,7 @@ from services.notify.store import (
     load_notification_data,
     record_attempt,
 )
+from shared import vectors
 from shared.errors import ConfigError
 from tests.webhook_receiver import Reply, WebhookReceiver
 
@@ -357,9 +358,12 @@ async def insert_job(
     status: str,
     *,
     error: str | None = None,
-    outputs: object = None,
+    outputs: list[list[float]] | None = None,
     finished: bool = True,
+    packed: bool = True,
 ) -> uuid.UUID:
+    """A job as persist leaves it; ``packed=False`` stores its outputs as a result row from
+    before packed vectors (jsonb)."""
     job_id = uuid.uuid4()
     await conn.execute(
         """
@@ -374,7 +378,14 @@ async def insert_job(
         CREATED,
         FINISHED if finished else None,
     )
-    if outputs is not None:
+    if outputs is not None and packed:
+        await conn.execute(
+            "INSERT INTO results (job_id, vectors, dimensions, model_version, batch_size)"
+            " VALUES ($1, $2, $3, 'v3', 1)",
+            job_id,
+            *vectors.pack(outputs),
+        )
+    elif outputs is not None:
         await conn.execute(
             "INSERT INTO results (job_id, outputs, model_version, batch_size)"
             " VALUES ($1, $2::jsonb, 'v3', 1)",
@@ -422,8 +433,9 @@ async def test_attempts_are_logged_and_counted(conn: asyncpg.Connection) -> None
     ]
 
 
-async def test_notification_data_of_a_succeeded_job(conn: asyncpg.Connection) -> None:
-    job = await insert_job(conn, "succeeded", outputs=[[0.5, -0.25], [1.0, 0.0]])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "stored-before-packing"])
+async def test_notification_data_of_a_succeeded_job(conn: asyncpg.Connection, packed: bool) -> None:
+    job = await insert_job(conn, "succeeded", outputs=[[0.5, -0.25], [1.0, 0.0]], packed=packed)
     data = await load_notification_data(conn, job)
     assert data == {
         "job_id": str(job),

@@ -8,7 +8,9 @@ real API gives only under load or faults.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
 import time
 import uuid
@@ -193,6 +195,26 @@ def test_with_numpy_outputs_are_float32_arrays() -> None:
     assert job.status is JobStatus.SUCCEEDED and job.final and job.succeeded
 
 
+def b64(*values: float) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+def test_vectors_are_asked_for_in_base64_and_read_from_it() -> None:
+    np = pytest.importorskip("numpy")
+    job_id = str(uuid.uuid4())
+    packed = job_body(job_id, outputs=[b64(0.5, 0.25), b64(1.0, -3.0)])
+    api = Api(httpx.Response(200, json=packed), httpx.Response(200, json=packed))
+    with api.client() as client:
+        job = client.get(job_id)
+    with api.client(use_numpy=False) as client:
+        as_lists = client.get(job_id)
+    assert [r.url.params.get("encoding_format") for r in api.requests] == ["base64", "base64"]
+    assert job.outputs is not None
+    assert [(v.dtype, v.flags.writeable) for v in job.outputs] == [(np.float32, True)] * 2
+    assert np.array_equal(np.stack(job.outputs), np.array([[0.5, 0.25], [1, -3]], np.float32))
+    assert as_lists.outputs == ([0.5, 0.25], [1.0, -3.0])
+
+
 def test_url_and_key_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API_URL", "http://from-env.test:9000")
     monkeypatch.setenv("CONVEYOR_API_KEY", "cvk_from_env")
@@ -348,7 +370,9 @@ def test_error_answers_map_to_the_tree(status: int, error: type[ApiError]) -> No
         client.get("j")
     assert type(raised.value) is error
     assert raised.value.status == status and raised.value.body == body
-    assert f"HTTP {status} (GET {URL}/v1/jobs/j): it is a {status}" == str(raised.value)
+    assert f"HTTP {status} (GET {URL}/v1/jobs/j?encoding_format=base64): it is a {status}" == str(
+        raised.value
+    )
     assert len(api.requests) == 1  # none of these is retried
 
 
