@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import importlib
 import itertools
@@ -82,6 +83,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from emulator import Emulator, EmulatorOptions
 from emulator.devstack import DevOptions, DevStack, infer_worker_name
 from emulator.processes import ServiceSpec
+from emulator.signals import run_until_signalled
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 BATCH_SIZES: Final = (1, 8, 16, 32, 64)
@@ -1339,4 +1341,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CELERY_ROLE:
         celery_role(sys.argv[2:])
     else:
-        anyio.run(main, parse_options())
+        stopped = anyio.run(
+            run_until_signalled,
+            functools.partial(main, parse_options()),
+            lambda sig: say(f"{sig.name}: stopping"),
+        )
+        if stopped is not None:
+            sys.exit(128 + stopped)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import socket
 import statistics
+import sys
 import time
 
 import anyio
@@ -22,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emulator import Emulator, EmulatorOptions
 from emulator.devstack import DevOptions, DevStack
+from emulator.signals import run_until_signalled
 
 
 def free_port() -> int:
@@ -141,4 +144,10 @@ if __name__ == "__main__":
         metavar="NAME=VALUE",
         help="a setting for infer, e.g. INFER_TORCH_THREADS=1 (repeatable)",
     )
-    anyio.run(main, parser.parse_args())
+    stopped = anyio.run(
+        run_until_signalled,
+        functools.partial(main, parser.parse_args()),
+        lambda sig: print(f"{sig.name}: stopping"),
+    )
+    if stopped is not None:
+        sys.exit(128 + stopped)
