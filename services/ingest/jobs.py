@@ -38,8 +38,8 @@ class EncodingFormat(StrEnum):
     """Each vector a list of numbers."""
     BASE64 = "base64"
     """Each vector the base64 of its float32 values, little-endian (as OpenAI's embeddings
-    API does): a third of the size, and nothing to parse (``numpy.frombuffer(base64.b64decode(
-    text), "<f4")``)."""
+    API does): about a quarter of the size, and nothing to parse
+    (``numpy.frombuffer(base64.b64decode(text), "<f4")``)."""
 
 
 class JobOutputs(BaseModel):

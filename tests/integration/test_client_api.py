@@ -91,17 +91,20 @@ class Worker:
         self.finished += len(rows)
 
     async def finish(self, conn: asyncpg.Connection, job_id: uuid.UUID, inputs: list[str]) -> None:
+        # clock_timestamp(), not now(): now() is when the tick's transaction began, which can be
+        # before a job its UPDATE then saw was created (CI once read finished < created).
         if any(FAIL in text for text in inputs):
             await conn.execute(
-                "UPDATE jobs SET status = 'failed', error = $2, finished_at = now(), "
+                "UPDATE jobs SET status = 'failed', error = $2, finished_at = clock_timestamp(), "
                 "updated_at = now() WHERE id = $1",
                 job_id,
                 f"the model refused {FAIL}",
             )
         else:
             await conn.execute(
-                "UPDATE jobs SET status = 'succeeded', model_version = '1', started_at = now(), "
-                "finished_at = now(), updated_at = now() WHERE id = $1",
+                "UPDATE jobs SET status = 'succeeded', model_version = '1', "
+                "started_at = clock_timestamp(), finished_at = clock_timestamp(), "
+                "updated_at = now() WHERE id = $1",
                 job_id,
             )
             await conn.execute(
