@@ -150,7 +150,10 @@ Base64Data = Annotated[
     PlainValidator(_from_base64),
     PlainSerializer(_to_base64, return_type=str, when_used="json"),
 ]
-"""Bytes, base64 in JSON (standard alphabet, padded, no line breaks)."""
+"""Bytes, base64 in JSON (standard alphabet, padded, no line breaks). Not pydantic's
+``Base64Bytes``: it skips characters outside the alphabet when decoding ("AAAA*AAAA" passes),
+and it reads raw bytes given in Python as base64 text, so infer could not hand it the packed
+bytes."""
 
 
 class Vectors(_Frozen):

@@ -159,6 +159,8 @@ def vectors(raw: Sequence[Sequence[float] | str], *, use_numpy: bool | None) -> 
 
 
 def _floats(packed: bytes) -> list[float]:
+    # shared.vectors.unpack does this too, but the client imports none of the services' code
+    # (conveyor/client/__init__.py: httpx and standardwebhooks only).
     values = array.array("f")
     values.frombytes(packed)
     if sys.byteorder != "little":
