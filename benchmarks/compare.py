@@ -17,7 +17,8 @@ Rows, in the order they run (texts of 8 to 12 words, the same pool for every row
 - **conveyor, 1-text jobs** and **conveyor, 32-text jobs**: the whole stack as ``make dev``
   runs it (``DevStack``: moto in this process, embedded PostgreSQL, one process per service, the
   real default model) driven over its HTTP API. Saturation: ``--jobs`` jobs from
-  ``--concurrency`` closed-loop clients (submit, wait for the final state, submit the next).
+  ``--concurrency`` closed-loop clients (submit, wait for the final state, submit the next;
+  as ``conveyor.client`` does, the submission itself waits: ``POST /v1/jobs?wait=``).
   Offered load: ``--offered-rate`` jobs/s on a fixed schedule for ``--offered-seconds``.
   Latency is accepted -> final from the API's own job timestamps (``created_at`` ->
   ``finished_at``; ``finished_at`` is stamped by the worker when the result is made, before
@@ -94,9 +95,11 @@ WARMUP_JOBS: Final = 24
 JOB_TIMEOUT_S: Final = 120.0
 """The longest one job is waited for before it counts as not finished."""
 SERVER_WAIT_S: Final = 10
-"""``?wait=`` of each status read."""
+"""``?wait=`` of each submission and status read."""
 READ_PARAMS: Final = {"wait": SERVER_WAIT_S, "encoding_format": "base64"}
-"""Each status read, with its vectors in base64 as the Python client (conveyor.client) asks."""
+"""The query of each submission and status read: held until the job is final, its vectors in
+base64, as the Python client (conveyor.client) asks."""
+FINAL: Final = ("succeeded", "failed", "cancelled")
 SUBMIT_ATTEMPTS: Final = 20
 """429 answers (backlog over the limit) a submission waits out before it counts as failed."""
 NAIVE: Final = "naive-worker"
@@ -395,8 +398,9 @@ class ConveyorApi:
     async def run_job(self, http: httpx.AsyncClient, inputs: list[str]) -> JobOutcome:
         began = time.perf_counter()
         try:
-            job_id = await self._submit(http, inputs)
-            job = await self._wait(http, job_id)
+            job: dict[str, Any] | None = await self._submit(http, inputs)
+            if job is not None and job["status"] not in FINAL:
+                job = await self._wait(http, str(job["id"]))
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             say(f"a job failed: {type(exc).__name__}: {exc}")
             return JobOutcome(ok=False)
@@ -410,15 +414,18 @@ class ConveyorApi:
             client_s=time.perf_counter() - began,
         )
 
-    async def _submit(self, http: httpx.AsyncClient, inputs: list[str]) -> str:
+    async def _submit(self, http: httpx.AsyncClient, inputs: list[str]) -> dict[str, Any]:
+        """The job as the submission's answer gives it: held until final, as conveyor.client
+        asks (``?wait=``), up to SERVER_WAIT_S."""
         body: dict[str, Any] = {"model": self.model, "inputs": inputs}
         if self.callback_url is not None:
             body["callback_url"] = self.callback_url
         for _ in range(SUBMIT_ATTEMPTS):
-            response = await http.post("/v1/jobs", json=body)
+            response = await http.post("/v1/jobs", json=body, params=READ_PARAMS)
             if response.status_code != 429:
                 response.raise_for_status()
-                return str(response.json()["id"])
+                job: dict[str, Any] = response.json()
+                return job
             await anyio.sleep(min(5.0, float(response.headers.get("retry-after", "1"))))
         raise ValueError(f"still refused (429) after {SUBMIT_ATTEMPTS} attempts")
 
@@ -428,7 +435,7 @@ class ConveyorApi:
                 response = await http.get(f"/v1/jobs/{job_id}", params=READ_PARAMS)
                 response.raise_for_status()
                 job: dict[str, Any] = response.json()
-                if job["status"] in ("succeeded", "failed", "cancelled"):
+                if job["status"] in FINAL:
                     return job
         return None
 

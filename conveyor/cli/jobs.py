@@ -133,13 +133,20 @@ def submit(
     body = {"model": model, "inputs": texts, "callback_url": callback_url}
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api, timeout=min(wait, WAIT_CHUNK_S) + 30, headers=auth) as http:
-        response = http.post("/v1/jobs", json=body)
+        began = time.monotonic()
+        # With --wait, the API holds its answer until the job is final (one request, not two).
+        chunk = min(wait, WAIT_CHUNK_S)
+        params = {"wait": f"{chunk:.3f}"} if chunk > 0 else None
+        response = http.post("/v1/jobs", json=body, params=params)
         _check(response)
-        job_id = response.json()["id"]
+        job: dict[str, Any] = response.json()
         if wait <= 0 and output == Output.HUMAN:
-            typer.echo(job_id)
+            typer.echo(job["id"])
             return
-        _show(_read_job(http, job_id, wait), output, waited=wait > 0)
+        left = wait - (time.monotonic() - began)
+        if "model" not in job or (job.get("status") not in _FINAL and left > 0):
+            job = _read_job(http, job["id"], max(left, 0))
+        _show(job, output, waited=wait > 0)
 
 
 def status(

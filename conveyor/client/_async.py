@@ -194,15 +194,13 @@ class AsyncClient:
 
         async def run(index: int, job: JobInput) -> Job:
             try:
-                accepted = await self.submit(
-                    model,
-                    job.inputs,
-                    callback_url=callback_url,
-                    idempotency_key=job.idempotency_key,
-                )
+                began = time.monotonic()
+                accepted, final = await self._submit_waiting(model, job, callback_url, timeout)
                 if on_submitted is not None:
                     on_submitted(index, accepted)
-                final = await self._poll(accepted.id, timeout)
+                if final is None or not final.final:
+                    left = None if timeout is None else max(timeout - (time.monotonic() - began), 0)
+                    final = await self._poll(accepted.id, left)
                 if not final.final:
                     raise WaitTimeout(final, timeout or 0)
             except ConveyorError as exc:
@@ -251,6 +249,28 @@ class AsyncClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    async def _submit_waiting(
+        self,
+        model: str,
+        job: JobInput,
+        callback_url: str | None,
+        timeout: float | None,  # noqa: ASYNC109 (the job's deadline)
+    ) -> tuple[Accepted, Job | None]:
+        """Submit the job and hold the answer until it is final, up to one wait chunk: a job
+        that finishes within it costs one request, not two."""
+        key = job.idempotency_key or _base.new_key()
+        body = _base.submission(model, job.inputs, callback_url)
+        wait = _base.first_wait(timeout, self._wait_chunk_s)
+        response = await self._send(
+            "POST",
+            "/v1/jobs",
+            json=body,
+            key=key,
+            params=_base.read_params(wait) if wait > 0 else None,
+            timeout=self._timeout + wait,
+        )
+        return _base.settled(response, key, use_numpy=self._use_numpy)
 
     async def _poll(self, job_id: str | uuid.UUID, wait: float | None) -> Job:
         deadline = None if wait is None else time.monotonic() + wait

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from conveyor.client._errors import ApiError, AuthenticationError, ModelNotDeployed, NotFound
-from conveyor.client._models import Accepted, JobInput, parse_accepted
+from conveyor.client._models import Accepted, Job, JobInput, parse_accepted, parse_job
 
 __all__ = [
     "API_KEY_ENV",
@@ -30,8 +30,11 @@ __all__ = [
     "check",
     "check_concurrency",
     "client_options",
+    "first_wait",
     "job_path",
     "new_key",
+    "read_params",
+    "settled",
     "submission",
     "text_groups",
 ]
@@ -85,6 +88,23 @@ def submission(model: str, inputs: Sequence[str], callback_url: str | None) -> d
 def accepted(response: httpx.Response, key: str) -> Accepted:
     replayed = response.headers.get(REPLAYED_HEADER, "").lower() == "true"
     return parse_accepted(check(response), key, replayed=replayed)
+
+
+def settled(
+    response: httpx.Response, key: str, *, use_numpy: bool | None
+) -> tuple[Accepted, Job | None]:
+    """The answer to a submission that waited (``POST /v1/jobs?wait=``): its acceptance, and
+    the job as it stood when answered. A server older than the parameter answers the
+    acceptance alone (then None)."""
+    replayed = response.headers.get(REPLAYED_HEADER, "").lower() == "true"
+    body = check(response)
+    job = parse_job(body, use_numpy=use_numpy) if "model" in body else None
+    return parse_accepted(body, key, replayed=replayed), job
+
+
+def first_wait(timeout: float | None, chunk_s: float) -> float:
+    """How long a submission that waits holds its answer: one chunk, at most ``timeout``."""
+    return chunk_s if timeout is None else max(min(timeout, chunk_s), 0.0)
 
 
 def check(response: httpx.Response) -> Any:

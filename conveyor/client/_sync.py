@@ -160,7 +160,9 @@ class Client:
         call. An error of one job (the API refused it, it timed out) is raised in its place,
         or yielded with ``return_exceptions``. ``on_submitted(index, accepted)`` and
         ``on_finished(index, job_or_error)`` are called as that happens, from worker
-        threads."""
+        threads. Each submission asks the API to hold its answer until the job is final (up
+        to ``wait_chunk_s``), so a job that finishes meanwhile costs one request: its
+        ``on_submitted`` then comes just before its ``on_finished``."""
         _base.check_concurrency(concurrency)
         stop = threading.Event()
         window: deque[Future[Job]] = deque()
@@ -222,10 +224,26 @@ class Client:
         index: int,
         on_submitted: OnSubmitted | None,
     ) -> Job:
-        accepted = self._submit(model, job.inputs, callback_url, job.idempotency_key, stop)
+        # The submission holds its answer until the job is final, up to one wait chunk: a job
+        # that finishes within it costs one request, not two.
+        began = time.monotonic()
+        key = job.idempotency_key or _base.new_key()
+        wait = _base.first_wait(timeout, self._wait_chunk_s)
+        response = self._send(
+            "POST",
+            "/v1/jobs",
+            json=_base.submission(model, job.inputs, callback_url),
+            key=key,
+            params=_base.read_params(wait) if wait > 0 else None,
+            timeout=self._timeout + wait,
+            stop=stop,
+        )
+        accepted, final = _base.settled(response, key, use_numpy=self._use_numpy)
         if on_submitted is not None:
             on_submitted(index, accepted)
-        final = self._poll(accepted.id, timeout, stop)
+        if final is None or not final.final:
+            left = None if timeout is None else max(timeout - (time.monotonic() - began), 0)
+            final = self._poll(accepted.id, left, stop)
         if not final.final:
             raise WaitTimeout(final, timeout or 0)
         return final

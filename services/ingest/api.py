@@ -2,6 +2,8 @@
 
     POST /v1/jobs              202 + Location: the job is recorded as queued, with its message
                                in the outbox (one statement); the relay sends it to SQS.
+                               ?wait=N holds the answer until the job is final (200 + the job
+                               as GET reads it), at most N s (then 202 + the job as it stands)
                                ``Idempotency-Key`` makes retries safe (services.ingest.idempotency);
                                429 + Retry-After while the model's backlog is over the limit;
                                409 while the model has no deployed version (naming the push)
@@ -30,10 +32,11 @@ A submission is a span, the root of its job's trace, timed and its refusals coun
 (:mod:`services.ingest.telemetry`); the job's envelope carries the span's context.
 """
 
+import contextlib
 import datetime
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Annotated, Any, Final
@@ -57,9 +60,9 @@ from services.ingest.deployed import DeployedModels, ModelDeployed, push_hint
 from services.ingest.errors import ErrorBody, ValidationErrorBody, add_error_handlers
 from services.ingest.jobs import JobView
 from services.ingest.metrics import JOBS_ACCEPTED
-from services.ingest.schemas import JobAccepted, Submission, submission_body
-from services.ingest.telemetry import SubmissionTelemetry, refuse
-from services.ingest.waiting import RECHECK_S, JobWaiters
+from services.ingest.schemas import JobAccepted, JobSettled, Submission, submission_body
+from services.ingest.telemetry import SubmissionTelemetry, accepted_now, refuse
+from services.ingest.waiting import RECHECK_S, JobWaiters, Watch
 from shared.activity import Activity
 from shared.config import IngestSettings
 from shared.db import Connection, transaction, with_connection
@@ -173,6 +176,28 @@ def create_app(
         async with pool.acquire() as conn:
             return await jobs.get_job(conn, job_id, tenant, encoding)
 
+    async def read_until_final(
+        watch: Watch,
+        job_id: uuid.UUID,
+        tenant: str,
+        encoding: jobs.EncodingFormat,
+        wait_s: float,
+        *,
+        queued: bool = False,
+    ) -> JobView | None:
+        """The job once final, or as it stands after ``wait_s``; ``watch`` (on this job) was
+        registered before the job could have finished, so no notification is lost. A job
+        known to be ``queued`` (just inserted) is not read before the first wake-up."""
+        deadline = anyio.current_time() + wait_s
+        if queued:
+            await watch.wait(min(wait_s, RECHECK_S))
+        while True:
+            job = await read(job_id, tenant, encoding)
+            remaining = deadline - anyio.current_time()
+            if job is None or job.status.final or remaining <= 0:
+                return job
+            await watch.wait(min(remaining, RECHECK_S))
+
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
         422: {"model": ValidationErrorBody, "description": "the request is invalid"},
@@ -187,6 +212,11 @@ def create_app(
         summary="Submit a job",
         responses={
             **errors,
+            200: {
+                "model": JobSettled,
+                "description": "with ?wait: the job finished within the wait (202, with the "
+                "same fields, when it did not)",
+            },
             400: {"model": ErrorBody, "description": "the body is not JSON"},
             409: {
                 "model": ErrorBody,
@@ -217,7 +247,23 @@ def create_app(
                 ),
             ),
         ] = None,
-    ) -> JobAccepted | JSONResponse:
+        wait: Annotated[
+            float,
+            Query(
+                ge=0,
+                le=settings.max_wait_s,
+                description=(
+                    "seconds to hold the answer until the job is final: then 200 and the job "
+                    "as GET /v1/jobs/{job_id} reads it (with status_url); if it is not final "
+                    "by then, 202 and the job as it stands"
+                ),
+            ),
+        ] = 0,
+        encoding_format: Annotated[
+            jobs.EncodingFormat,
+            Query(description="with wait: how the vectors are written, as in GET /v1/jobs/{id}"),
+        ] = jobs.EncodingFormat.FLOAT,
+    ) -> JobAccepted | StarletteResponse:
         job_id = uuid.uuid4()
         # On every log line of this request (SubmissionTelemetry clears them afterwards).
         structlog.contextvars.bind_contextvars(job_id=str(job_id), model=body.model)
@@ -256,13 +302,7 @@ def create_app(
         try:
             backlog = await backpressure.over_limit(body.model)
         except _DB_UNAVAILABLE as exc:
-            refuse(request, "unavailable")
-            log.warning("could not read the backlog", error_type=type(exc).__name__)
-            raise HTTPException(
-                503,
-                "the job could not be recorded; retry later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from exc
+            raise _unrecorded(request, "could not read the backlog", exc) from exc
         if backlog is not None:
             activity.count("refused_backlog")
             refuse(request, "backlog")
@@ -302,35 +342,43 @@ def create_app(
         # With a key, its claim and its answer commit with the job; without one, the insert is
         # a single statement and needs no transaction around it (two round trips fewer).
         unit = with_connection if key is None else transaction
-        try:
-            saved = await unit(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
-        except asyncpg.LockNotAvailableError as exc:
-            refuse(request, "in_progress")
-            raise _in_flight() from exc
-        except _DB_UNAVAILABLE as exc:
-            refuse(request, "unavailable")
-            log.warning("could not record job", error_type=type(exc).__name__)
-            raise HTTPException(
-                503,
-                "the job could not be recorded; retry later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from exc
-        if saved is not None:
-            refuse(request, "in_progress")  # if _replay finds the first still in flight
-            replay = _replay(saved, digest)
-            if replay.status_code == 422:
-                refuse(request, "key_reused")
-            return replay
-        if enqueue is not None:
+        with contextlib.ExitStack() as watching:
+            # Watched before it is inserted, so that not even the fastest job's end slips by.
+            watch = watching.enter_context(waiters.watch(job_id)) if wait > 0 else None
             try:
-                await enqueue(envelope)
-            except Exception as exc:  # the message is committed; the relay will send it
-                log.warning("enqueue hook failed", job_id=str(job_id), error=str(exc))
-        activity.count("accepted")
-        JOBS_ACCEPTED.labels(body.model).inc()
-        log.debug("job accepted", job_id=str(job_id), model=body.model, inputs=len(body.inputs))
-        response.headers["Location"] = accepted.status_url
-        return accepted
+                saved = await unit(pool, record, attempts=3, timeout_s=DB_TIMEOUT_S)
+            except asyncpg.LockNotAvailableError as exc:
+                refuse(request, "in_progress")
+                raise _in_flight() from exc
+            except _DB_UNAVAILABLE as exc:
+                raise _unrecorded(request, "could not record job", exc) from exc
+            if saved is not None:
+                refuse(request, "in_progress")  # if _replay finds the first still in flight
+                replay = _replay(saved, digest)
+                if replay.status_code == 422:
+                    refuse(request, "key_reused")
+                if replay.status_code != 202 or wait <= 0:
+                    return replay
+                # The first submission's job, waited for as this one would have been.
+                first = JobAccepted.model_validate_json(bytes(replay.body))
+                accepted_now(request)
+                with waiters.watch(first.id) as replayed:
+                    view = await read_until_final(replayed, first.id, tenant, encoding_format, wait)
+                return _settled(first, view, replay.headers)
+            if enqueue is not None:
+                try:
+                    await enqueue(envelope)
+                except Exception as exc:  # the message is committed; the relay will send it
+                    log.warning("enqueue hook failed", job_id=str(job_id), error=str(exc))
+            activity.count("accepted")
+            JOBS_ACCEPTED.labels(body.model).inc()
+            log.debug("job accepted", job_id=str(job_id), model=body.model, inputs=len(body.inputs))
+            response.headers["Location"] = accepted.status_url
+            if watch is None:
+                return accepted
+            accepted_now(request)
+            view = await read_until_final(watch, job_id, tenant, encoding_format, wait, queued=True)
+            return _settled(accepted, view, response.headers)
 
     @app.get(
         "/v1/jobs/{job_id}",
@@ -358,16 +406,11 @@ def create_app(
             ),
         ] = jobs.EncodingFormat.FLOAT,
     ) -> JobView:
-        job = await read(job_id, tenant, encoding_format)
-        if job is not None and wait > 0 and not job.status.final:
-            deadline = anyio.current_time() + wait
-            with waiters.watch(job_id) as watch:
-                while True:
-                    job = await read(job_id, tenant, encoding_format)
-                    remaining = deadline - anyio.current_time()
-                    if job is None or job.status.final or remaining <= 0:
-                        break
-                    await watch.wait(min(remaining, RECHECK_S))
+        if wait > 0:
+            with waiters.watch(job_id) as watch:  # before the first read: nothing slips by
+                job = await read_until_final(watch, job_id, tenant, encoding_format, wait)
+        else:
+            job = await read(job_id, tenant, encoding_format)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
         return job
@@ -485,6 +528,29 @@ def _replay(saved: idempotency.Saved, digest: bytes) -> JSONResponse:
     if isinstance(content, dict) and isinstance(content.get("status_url"), str):
         headers["Location"] = content["status_url"]
     return JSONResponse(content, status_code=saved.status, headers=headers)
+
+
+def _settled(accepted: JobAccepted, job: JobView | None, headers: Mapping[str, str]) -> Response:
+    """The answer to a submission that waited: 200 and the job once final, else 202 and the
+    job as it stands (``job`` is None only if it was deleted meanwhile: the acceptance)."""
+    body: JobAccepted | JobSettled = accepted
+    status = 202
+    if job is not None:
+        body = JobSettled.model_construct(**dict(job), status_url=accepted.status_url)
+        status = 200 if job.status.final else 202
+    kept = {name: value for name, value in headers.items() if name.lower() != "content-length"}
+    return Response(
+        body.model_dump_json(), status_code=status, media_type="application/json", headers=kept
+    )
+
+
+def _unrecorded(request: Request, failed: str, exc: BaseException) -> HTTPException:
+    """The 503 of a submission whose database did not answer: ``failed`` is logged, with the
+    error's type only (its text may quote the job)."""
+    refuse(request, "unavailable")
+    log.warning(failed, error_type=type(exc).__name__)
+    retry = {"Retry-After": str(RETRY_AFTER_S)}
+    return HTTPException(503, "the job could not be recorded; retry later", headers=retry)
 
 
 def _in_flight() -> HTTPException:

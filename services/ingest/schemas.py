@@ -1,4 +1,5 @@
-"""The bodies of ``POST /v1/jobs``: the job submitted, and the answer that it was accepted.
+"""The bodies of ``POST /v1/jobs``: the job submitted, and the answer that it was accepted
+(or, when the submission waits for its job, the job itself).
 
 A submission's models and limits come from the settings, so the model that validates it is
 made per app, inside the dependency :func:`submission_body`; the route reads it as a
@@ -21,11 +22,18 @@ from pydantic import (
 from pydantic import StringConstraints as Chars
 from pydantic_core import PydanticCustomError
 
+from services.ingest.jobs import JobView
 from shared.config import IngestSettings
 from shared.messages import JobStatus
 from shared.netguard import check_url
 
-__all__ = ["MAX_CALLBACK_URL_CHARS", "JobAccepted", "Submission", "submission_body"]
+__all__ = [
+    "MAX_CALLBACK_URL_CHARS",
+    "JobAccepted",
+    "JobSettled",
+    "Submission",
+    "submission_body",
+]
 
 MAX_CALLBACK_URL_CHARS: Final = 2048
 
@@ -45,6 +53,13 @@ class JobAccepted(BaseModel):
 
     id: uuid.UUID
     status: JobStatus = JobStatus.QUEUED
+    status_url: str = Field(description="where to read the job's status (absolute)")
+
+
+class JobSettled(JobView):
+    """The answer to a submission that waited (``POST /v1/jobs?wait=N``): the job as
+    ``GET /v1/jobs/{job_id}`` reads it, and where to read it again."""
+
     status_url: str = Field(description="where to read the job's status (absolute)")
 
 

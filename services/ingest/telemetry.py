@@ -9,7 +9,8 @@ refusals by other middleware and by dependencies are seen too). For each submiss
   with an older FastAPI this middleware starts it. The job's envelope takes the context of
   the span current in the handler (:func:`shared.tracing.traceparent`);
 - records the request's duration as hop ``ingest`` of ``conveyor_hop_duration_seconds``
-  (outcome ``accepted`` or ``refused``);
+  (outcome ``accepted`` or ``refused``), up to the job's acceptance (:func:`accepted_now`)
+  when the submission then waits for its job;
 - counts a refusal by reason in ``conveyor_jobs_refused_total``: the reason the handler gave
   (:func:`refuse`), else one read from the status code;
 - restores the log context afterwards, so what the handler bound (``job_id``, ``model``)
@@ -35,7 +36,7 @@ from services.ingest.metrics import JOBS_REFUSED
 from shared.metrics import HOP_DURATION
 from shared.tracing import tracer
 
-__all__ = ["SubmissionTelemetry", "refuse"]
+__all__ = ["SubmissionTelemetry", "accepted_now", "refuse"]
 
 _BY_STATUS: Final = {
     400: "bad_request",
@@ -51,9 +52,19 @@ _REASON: Final = "conveyor_refusal"
 """Where the handler leaves its reason, in the request's state."""
 
 
+_ACCEPTED_AT: Final = "conveyor_accepted_at"
+"""When the handler accepted the job (``time.perf_counter()``), in the request's state."""
+
+
 def refuse(request: Request, reason: str) -> None:
     """Say why this submission is refused (the middleware counts it once answered)."""
     setattr(request.state, _REASON, reason)
+
+
+def accepted_now(request: Request) -> None:
+    """Say that the job is accepted: hop ``ingest`` ends here, not when a submission that
+    waits for its job (``?wait=``) is answered."""
+    setattr(request.state, _ACCEPTED_AT, time.perf_counter())
 
 
 class SubmissionTelemetry:
@@ -106,7 +117,8 @@ class SubmissionTelemetry:
                 if refused:
                     JOBS_REFUSED.labels(reason_of(status)).inc()
                 outcome = "refused" if refused else "accepted"
-                HOP_DURATION.labels("ingest", outcome).observe(time.perf_counter() - began)
+                ended = scope.get("state", {}).get(_ACCEPTED_AT) or time.perf_counter()
+                HOP_DURATION.labels("ingest", outcome).observe(ended - began)
                 structlog.contextvars.clear_contextvars()
                 structlog.contextvars.bind_contextvars(**context)
 

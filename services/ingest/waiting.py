@@ -25,7 +25,7 @@ from anyio.abc import TaskStatus
 from services.ingest import jobs
 from shared.telemetry import get_logger
 
-__all__ = ["CHANNEL", "RECHECK_S", "JobWaiters"]
+__all__ = ["CHANNEL", "RECHECK_S", "JobWaiters", "Watch"]
 
 CHANNEL: Final = "job_finished"
 RECHECK_S: Final = 1.0
@@ -39,7 +39,7 @@ log = get_logger("ingest")
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-class _Watch:
+class Watch:
     """One waiting request's wake-up call; re-armed after each wake-up."""
 
     __slots__ = ("_event",)
@@ -76,7 +76,7 @@ class JobWaiters:
         self._pool = pool
         self._ping_s = ping_s
         self._backoff_s = backoff_s
-        self._watches: dict[str, set[_Watch]] = {}
+        self._watches: dict[str, set[Watch]] = {}
         self.listening = False
         """Whether the LISTEN connection is up (else waiters fall back to re-reading)."""
 
@@ -84,10 +84,10 @@ class JobWaiters:
         return sum(len(watches) for watches in self._watches.values())
 
     @contextmanager
-    def watch(self, job_id: uuid.UUID) -> Iterator[_Watch]:
+    def watch(self, job_id: uuid.UUID) -> Iterator[Watch]:
         """Register before reading the job, so a notification in between is not lost."""
         key = str(job_id)
-        watch = _Watch()
+        watch = Watch()
         self._watches.setdefault(key, set()).add(watch)
         try:
             yield watch

@@ -8,6 +8,7 @@ itself: ``test_auth.py``).
 """
 
 import base64
+import functools
 import json
 import struct
 import time
@@ -30,6 +31,7 @@ from shared.apikeys import create_key
 from shared.config import IngestSettings
 from shared.errors import AwsUnavailable
 from shared.messages import Envelope, JobRequest, MessageType, decode_envelope
+from shared.metrics import HOP_DURATION
 
 pytestmark = pytest.mark.anyio
 
@@ -297,6 +299,18 @@ REJECTED: list[Any] = [
         id="malformed-json",
     ),
     pytest.param({"content": b""}, 422, ["body"], id="empty-body"),
+    pytest.param(
+        {**_json({"model": MODEL, "inputs": ["a"]}), "params": {"wait": MAX_WAIT_S + 1}},
+        422,
+        ["wait", "less than or equal to"],
+        id="wait-over-maximum",
+    ),
+    pytest.param(
+        {**_json({"model": MODEL, "inputs": ["a"]}), "params": {"encoding_format": "hex"}},
+        422,
+        ["encoding_format"],
+        id="unknown-encoding",
+    ),
     pytest.param(
         _json({"model": MODEL, "inputs": ["x" * 40] * (MAX_BODY_BYTES // 40)}),
         413,
@@ -568,6 +582,120 @@ async def test_wait_on_a_final_job_answers_at_once(api: Api) -> None:
 
     assert response.json()["status"] == "succeeded"
     assert time.monotonic() - started < 0.5
+
+
+async def finish_once_sent(api: Api, outputs: Any, *, notify: bool = True) -> None:
+    """Finish the one job the test submits, as soon as its message is committed."""
+    with anyio.fail_after(5):
+        while not api.sent:
+            await anyio.sleep(0.01)
+    await anyio.sleep(0.2)
+    await finish(api.pool, api.sent[0].job_id, outputs, notify=notify)
+
+
+async def test_a_submission_that_waits_answers_the_finished_job(api: Api) -> None:
+    outputs = [[0.25, -0.5], [1.0, 0.0]]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish_once_sent, api, outputs)
+        started = time.monotonic()
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            response = await api.client.post(
+                "/v1/jobs",
+                json={"model": MODEL, "inputs": ["a", "b"]},
+                params={"wait": MAX_WAIT_S, "encoding_format": "base64"},
+            )
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    job = response.json()
+    assert job["id"] == str(api.sent[0].job_id)
+    assert job["status"] == "succeeded"
+    assert job["model"] == MODEL
+    assert job["inputs_count"] == 2
+    decoded = [list(struct.unpack("<2f", base64.b64decode(t))) for t in job["result"]["outputs"]]
+    assert decoded == outputs
+    assert job["status_url"] == f"http://testserver/v1/jobs/{job['id']}"
+    assert response.headers["location"] == job["status_url"]
+    # Woken by the notification, well before the 1 s re-read would have found it.
+    assert elapsed < 0.9, elapsed
+    assert len(api.waiters) == 0
+    # The same job, as the status read gives it.
+    read = await api.client.get(job["status_url"], params={"encoding_format": "base64"})
+    assert read.json() == {k: v for k, v in job.items() if k != "status_url"}
+
+
+async def test_a_submission_that_waits_notices_a_finish_without_notification(api: Api) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(finish_once_sent, api, [[0.5]], notify=False))
+        with anyio.fail_after(MAX_WAIT_S + 2):
+            response = await api.client.post(
+                "/v1/jobs", json={"model": MODEL, "inputs": ["a"]}, params={"wait": MAX_WAIT_S}
+            )
+    assert response.status_code == 200
+    assert response.json()["result"] == {"outputs": [[0.5]]}
+
+
+async def test_a_submission_that_waits_in_vain_answers_202_and_the_job(api: Api) -> None:
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        response = await api.client.post(
+            "/v1/jobs", json={"model": MODEL, "inputs": ["a"]}, params={"wait": 0.5}
+        )
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["result"] is None
+    assert job["model"] == MODEL
+    assert response.headers["location"] == job["status_url"]
+    assert 0.45 <= elapsed < 1.5, elapsed
+    assert len(api.waiters) == 0
+    # Accepted all the same, exactly once: the relay sends it.
+    assert [row["id"] for row in await api.rows()] == [uuid.UUID(job["id"])]
+    assert [envelope.job_id for envelope in api.sent] == [uuid.UUID(job["id"])]
+
+
+async def test_a_retried_submission_that_waits_waits_for_the_first_job(api: Api) -> None:
+    """A retry (same Idempotency-Key) of a submission whose answer was lost waits for the job
+    the first one recorded, rather than answering the acceptance again."""
+    body = {"model": MODEL, "inputs": ["a"]}
+    headers = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await api.client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202
+    job_id = uuid.UUID(first.json()["id"])
+    await finish(api.pool, job_id, [[3.0]], notify=False)
+
+    retry = await api.client.post(
+        "/v1/jobs", json=body, headers=headers, params={"wait": MAX_WAIT_S}
+    )
+
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["id"] == str(job_id)
+    assert retry.json()["result"] == {"outputs": [[3.0]]}
+    assert retry.headers["location"] == first.headers["location"]
+    assert len(await api.rows()) == 1
+
+
+async def test_the_ingest_hop_ends_at_acceptance_not_after_the_wait(api: Api) -> None:
+    accepted = HOP_DURATION.labels("ingest", "accepted")
+    count_before, sum_before = _histogram(accepted)
+    response = await api.client.post(
+        "/v1/jobs", json={"model": MODEL, "inputs": ["a"]}, params={"wait": 0.6}
+    )
+    assert response.status_code == 202
+    count_after, sum_after = _histogram(accepted)
+    assert count_after == count_before + 1
+    assert sum_after - sum_before < 0.3, sum_after - sum_before
+
+
+def _histogram(child: Any) -> tuple[float, float]:
+    """A histogram child's count and sum, from its own samples."""
+    [metric] = list(child.collect())
+    values = {sample.name.rsplit("_", 1)[-1]: sample.value for sample in metric.samples}
+    return values["count"], values["sum"]
 
 
 async def test_listener_reconnects_after_its_connection_is_killed(api: Api) -> None:

@@ -452,12 +452,26 @@ def test_default_server_side_wait_is_within_the_apis_cap() -> None:
 
 class Jobs:
     """A thread-safe fake API for map: each job succeeds with ``[len(text)]`` per input, or
-    fails when a text says "fail"; a 429 first when ``busy``."""
+    fails when a text says "fail"; a 429 first when ``busy``. By default it answers a
+    submission with its acceptance, as a server older than ``POST /v1/jobs?wait=`` does;
+    with ``settles``, a submission that waits gets the job: final, or still queued for the
+    first ``settles_queued`` jobs."""
 
-    def __init__(self, *, busy: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        busy: int = 0,
+        delay_s: float = 0.0,
+        settles: bool = False,
+        settles_queued: int = 0,
+    ) -> None:
         self.lock = threading.Lock()
         self.inputs: dict[str, list[str]] = {}
         self.by_key: dict[str, str] = {}
+        self.settles = settles
+        self.settles_queued = settles_queued
+        self.post_params: list[httpx.QueryParams] = []
+        self.gets = 0
         self.posts = 0
         self.busy = busy
         self.delay_s = delay_s
@@ -476,8 +490,20 @@ class Jobs:
                 self.inputs.setdefault(job_id, json.loads(request.content)["inputs"])
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return accepted(job_id)
-        job_id = request.url.path.rsplit("/", 1)[-1]
+                self.post_params.append(request.url.params)
+                if not (self.settles and "wait" in request.url.params):
+                    return accepted(job_id)
+                if self.settles_queued:
+                    self.settles_queued -= 1
+                    body = {**job_body(job_id, "queued"), "status_url": f"{URL}/v1/jobs/{job_id}"}
+                    return httpx.Response(202, json=body)
+            answer = self.finished(job_id)
+            return httpx.Response(200, json={**answer.json(), "status_url": f"x/{job_id}"})
+        with self.lock:
+            self.gets += 1
+        return self.finished(request.url.path.rsplit("/", 1)[-1])
+
+    def finished(self, job_id: str) -> httpx.Response:
         time.sleep(self.delay_s)
         with self.lock:
             self.in_flight -= 1
@@ -506,6 +532,37 @@ def test_map_yields_in_order_with_bounded_concurrency_and_reads_lazily() -> None
     assert taken == 40
     assert len(jobs.inputs) == 14  # 13 jobs of 3 texts, one of 1
     assert jobs.max_in_flight <= 4
+
+
+def test_map_submissions_wait_so_a_quick_job_costs_one_request() -> None:
+    jobs = Jobs(settles=True, settles_queued=2)
+    submitted: list[int] = []
+    with Client(URL, "k", transport=httpx.MockTransport(jobs), retry=FAST) as client:
+        results = list(
+            client.map_jobs(
+                "m",
+                [[f"t{i}"] for i in range(10)],
+                concurrency=3,
+                on_submitted=lambda index, accepted: submitted.append(index),
+            )
+        )
+    assert [job.outputs and list(job.outputs[0]) for job in results] == [[2]] * 10
+    assert jobs.posts == 10
+    assert jobs.gets == 2  # only the two jobs still queued when their submission answered
+    assert sorted(submitted) == list(range(10))
+    assert all(
+        float(params["wait"]) == conveyor.client._base.WAIT_CHUNK_S
+        and params["encoding_format"] == "base64"
+        for params in jobs.post_params
+    )
+
+
+def test_a_submissions_wait_is_at_most_the_jobs_timeout() -> None:
+    jobs = Jobs(settles=True)
+    with Client(URL, "k", transport=httpx.MockTransport(jobs), retry=FAST) as client:
+        [job] = client.map_jobs("m", [["a"]], timeout=1.5)
+    assert job.status is JobStatus.SUCCEEDED
+    assert [float(params["wait"]) for params in jobs.post_params] == [1.5]
 
 
 def test_map_waits_out_429s_and_never_submits_a_job_twice() -> None:
@@ -597,3 +654,17 @@ async def test_async_map_yields_in_order() -> None:
     async with AsyncClient(URL, "k", transport=httpx.MockTransport(handler), retry=FAST) as c:
         outputs = [list(v) async for v in c.map("m", ["x" * n for n in range(1, 21)])]
     assert outputs == [[n] for n in range(1, 21)]
+
+
+@pytest.mark.anyio
+async def test_async_map_submissions_wait_so_a_quick_job_costs_one_request() -> None:
+    jobs = Jobs(settles=True, settles_queued=1)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return jobs(request)
+
+    async with AsyncClient(URL, "k", transport=httpx.MockTransport(handler), retry=FAST) as c:
+        outputs = [list(v) async for v in c.map("m", ["x" * n for n in range(1, 9)])]
+    assert outputs == [[n] for n in range(1, 9)]
+    assert (jobs.posts, jobs.gets) == (8, 1)
+    assert all("wait" in params for params in jobs.post_params)
