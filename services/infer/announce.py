@@ -24,17 +24,26 @@ log = get_logger("infer")
 
 
 async def announced(
-    work: Callable[[], Awaitable[T]], announce: Callable[[], Awaitable[object]], after_s: float
+    work: Callable[[], Awaitable[T]],
+    announce: Callable[[], Awaitable[object]],
+    after_s: float,
+    *,
+    running: anyio.Event | None = None,
 ) -> T:
     """``await work()``, calling ``announce()`` once it has run ``after_s`` seconds; with
-    ``after_s`` 0, before it starts. An announcement still under way when the work ends is
-    cancelled: the result that follows says more. A late announcement that fails is logged and
-    the work goes on; what ``work`` raises is raised as it is."""
+    ``after_s`` 0, before it starts. With ``running``, the clock starts when that is set (the
+    job's batch reached the model) rather than at once: a job that only waits its turn, as
+    every job held by a saturated worker does, is not announced for it. An announcement still
+    under way when the work ends is cancelled: the result that follows says more. A late
+    announcement that fails is logged and the work goes on; what ``work`` raises is raised as
+    it is."""
     if after_s <= 0:
         await announce()
         return await work()
 
     async def later() -> None:
+        if running is not None:
+            await running.wait()
         await anyio.sleep(after_s)
         try:
             await announce()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -58,6 +59,8 @@ class Job:
     cost: int
     span: trace.SpanContext | None = None
     """The job's span that waits for the batch: the batch links to it."""
+    on_start: Callable[[], object] | None = None
+    """Called when a batch with this job reaches the model (again, if it is re-run alone)."""
 
 
 @dataclass
@@ -109,7 +112,12 @@ class ModelRunner:
     def start(self, tg: TaskGroup) -> None:
         self._batcher.start(tg)
 
-    def job(self, job_id: uuid.UUID, inputs: list[str]) -> Job:
+    def job(
+        self,
+        job_id: uuid.UUID,
+        inputs: list[str],
+        on_start: Callable[[], object] | None = None,
+    ) -> Job:
         """A job for :meth:`run`, tied to the current span (the job's)."""
         context = trace.get_current_span().get_span_context()
         return Job(
@@ -117,6 +125,7 @@ class ModelRunner:
             inputs,
             sum(self.handler.cost(text) for text in inputs),
             context if context.is_valid else None,
+            on_start,
         )
 
     async def run(self, job: Job) -> Matrix:
@@ -139,6 +148,9 @@ class ModelRunner:
             "model batch", links=links, attributes=attributes, record_exception=False
         ) as batch:
             began = time.time_ns()
+            for job in jobs:
+                if job.on_start is not None:
+                    job.on_start()
             try:
                 outputs = await self._predict(texts)
             except Exception as exc:

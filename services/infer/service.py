@@ -182,20 +182,25 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                     JOBS.labels(model, "refused").inc()
                     return
 
+                on_model = anyio.Event()
+
                 async def run_batch() -> tuple[Matrix | None, str | None]:
                     # Waiting for company, then the model call: the batch links to this span.
                     with tracer().start_as_current_span("batch", record_exception=False) as span:
                         try:
-                            job = runner.job(envelope.job_id, request.inputs)
+                            job = runner.job(envelope.job_id, request.inputs, on_model.set)
                             return await runner.run(job), None
                         except ModelFailure as exc:  # the job fails; the message is done
                             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
                             return None, str(exc)
 
+                # Running means on the model: a job waiting for its batch's turn is not
+                # announced, so a saturated worker sends no message per job for its backlog.
                 outputs, error = await announced(
                     run_batch,
                     lambda: announce_start(envelope, started),
                     settings.started_after_s,
+                    running=on_model,
                 )
                 await finish(envelope, request, started, outputs, error)
                 JOBS.labels(model, "succeeded" if error is None else "failed").inc()

@@ -170,7 +170,9 @@ def create_app(
     def status_url(request: Request, job_id: uuid.UUID) -> str:
         if settings.public_url is not None:
             return f"{str(settings.public_url).rstrip('/')}/v1/jobs/{job_id}"
-        return str(request.url_for("get_job", job_id=str(job_id)))
+        # What url_for("get_job") answers (base_url keeps the root path and the forwarded
+        # scheme and host), without its walk of the routes: 3% of a submission's CPU.
+        return f"{request.base_url}v1/jobs/{job_id}"
 
     async def read(job_id: uuid.UUID, tenant: str, encoding: jobs.EncodingFormat) -> JobView | None:
         async with pool.acquire() as conn:

@@ -211,6 +211,12 @@ class SqsConsumer:
         """Wait for a free worker (the backpressure), unless a stop comes first."""
         if stopping.is_set():
             return False
+        try:
+            send.send_nowait(message)  # a worker waits already: no race to set up
+        except anyio.WouldBlock:
+            pass
+        else:
+            return True
         delivered = False
         async with anyio.create_task_group() as race:
 

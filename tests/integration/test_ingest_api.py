@@ -218,6 +218,20 @@ async def test_status_url_uses_the_public_url(stack: Stack, clean_env: pytest.Mo
     assert response.headers["location"] == response.json()["status_url"]
 
 
+async def test_status_url_keeps_the_root_path_it_is_served_under(api: Api) -> None:
+    """Behind a proxy that serves the API under a prefix (ASGI root_path), as url_for does."""
+    transport = httpx.ASGITransport(app=api.app, root_path="/conveyor")
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://proxy.test", headers=bearer(api.key)
+    ) as client:
+        response = await client.post("/conveyor/v1/jobs", json={"model": MODEL, "inputs": ["a"]})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        status_url = response.json()["status_url"]
+        assert status_url == f"http://proxy.test/conveyor/v1/jobs/{job_id}"
+        assert (await client.get(status_url)).json()["id"] == job_id
+
+
 def _json(body: Any) -> dict[str, Any]:
     return {"content": json.dumps(body).encode(), "headers": {"content-type": "application/json"}}
 
