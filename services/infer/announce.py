@@ -2,9 +2,11 @@
 
 ``job.started`` moves a job from queued to running. For a small embedding job it is most of
 the cost: one more message through SQS and persist than the result, which follows it within
-milliseconds and carries ``started_at`` anyway. So infer announces a job only when it is still
-running after INFER_STARTED_AFTER_S (0: every job, before it runs), as Celery reports its
-STARTED state only on request (``task_track_started``).
+milliseconds and carries ``started_at`` anyway. So infer announces a job only when its batch
+has been on the model for INFER_STARTED_AFTER_S (0: every job, before it runs), as Celery
+reports its STARTED state only on request (``task_track_started``). Time spent waiting for
+the batch's turn does not count: it is the worker's prefetch, as in Celery, where a task
+reserved by a worker is not yet STARTED.
 """
 
 from __future__ import annotations
