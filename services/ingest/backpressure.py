@@ -6,7 +6,10 @@ unsent outbox rows (which grow while SQS is away, so an outage ends in 429s rath
 unbounded outbox). The figure is read at most once per ``cache_s`` per model, by one request
 while the others wait for it. A queue that does not answer counts as its last known depth
 (zero before the first answer): the outbox exists so that jobs are accepted through an outage,
-and its own rows still count.
+and its own rows still count. The queue is then not asked again for
+:data:`RETRY_AFTER_FAILURE_S` (the outbox's rows still are, every ``cache_s``): a read that
+timed out held its request for ``DEPTH_TIMEOUT_S``, and retrying it as often as the figure
+expires made every submission of an outage wait.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ QueueDepth = Callable[[str], Awaitable[int]]
 """The messages in a model's queue, visible and in flight: ``await depth(model)``."""
 
 DEPTH_TIMEOUT_S: Final = 2.0
+RETRY_AFTER_FAILURE_S: Final = 15.0
+"""How long after a failed read of a queue's depth its last known depth stands in for it."""
 
 log = get_logger("ingest")
 
@@ -49,6 +54,7 @@ class Backpressure:
         self.cache_s = cache_s
         self._cached: dict[str, tuple[float, int]] = {}
         self._last_depth: dict[str, int] = {}
+        self._depth_failed_at: dict[str, float] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
     async def over_limit(self, model: str) -> int | None:
@@ -73,11 +79,21 @@ class Backpressure:
     async def _queue_depth(self, model: str) -> int:
         if self._depth is None:
             return 0
+        failed_at = self._depth_failed_at.get(model)
+        if failed_at is not None and anyio.current_time() - failed_at < RETRY_AFTER_FAILURE_S:
+            return self._last_depth.get(model, 0)
         try:
             with anyio.fail_after(DEPTH_TIMEOUT_S):
                 depth = await self._depth(model)
         except (ConveyorError, TimeoutError) as exc:
-            log.warning("queue depth unknown", model=model, error=str(exc) or type(exc).__name__)
+            self._depth_failed_at[model] = anyio.current_time()
+            log.warning(
+                "queue depth unknown",
+                model=model,
+                error=str(exc) or type(exc).__name__,
+                retry_in_s=RETRY_AFTER_FAILURE_S,
+            )
             return self._last_depth.get(model, 0)
+        self._depth_failed_at.pop(model, None)
         self._last_depth[model] = depth
         return depth

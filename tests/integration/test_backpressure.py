@@ -18,7 +18,9 @@ import pytest
 
 from emulator import Stack
 from emulator.harness import add_topology
+from services.ingest import backpressure
 from services.ingest.api import create_app
+from services.ingest.backpressure import Backpressure
 from shared.apikeys import create_key
 from shared.aws import AwsClients, aws_errors, resolve_queue_url
 from shared.config import IngestSettings
@@ -162,3 +164,44 @@ async def test_a_cached_backlog_is_reused(bpstack: Stack, clean_env: pytest.Monk
         for i in range(LIMIT + 1):
             await sqs.send_message(QueueUrl=url, MessageBody=f"filler {i}")
         assert (await post(client)).status_code == 202  # still the cached 0
+
+
+async def test_a_queue_that_does_not_answer_is_not_asked_again_at_once(
+    bpstack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage where reads time out: one request waits out the timeout, and the following
+    ones use the last known depth instead of each waiting again (they used to: every
+    submission of such an outage took the timeout)."""
+    monkeypatch.setattr(backpressure, "DEPTH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(backpressure, "RETRY_AFTER_FAILURE_S", 1.0)
+    asked: list[str] = []
+    answering = True
+
+    async def depth(model: str) -> int:
+        asked.append(model)
+        if not answering:
+            await anyio.sleep(10)  # no answer: the timeout decides
+        return 3
+
+    pool = await asyncpg.create_pool(bpstack.database_url, min_size=1, max_size=2)
+    try:
+        figures = Backpressure(pool, bpstack.topology, depth, limit=LIMIT, cache_s=0.01)
+        assert await figures.backlog(MODEL) >= 3
+        answering = False
+        await anyio.sleep(0.05)  # the figure expired
+        with anyio.fail_after(5):
+            began = anyio.current_time()
+            assert await figures.backlog(MODEL) >= 3  # the last known depth
+            assert anyio.current_time() - began >= 0.2  # this one waited out the timeout
+            for _ in range(5):
+                await anyio.sleep(0.05)
+                began = anyio.current_time()
+                assert await figures.backlog(MODEL) >= 3
+                assert anyio.current_time() - began < 0.15  # these did not
+        assert len(asked) == 2
+        await anyio.sleep(1.0)  # past RETRY_AFTER_FAILURE_S: asked again
+        answering = True
+        assert await figures.backlog(MODEL) >= 3
+        assert len(asked) == 3
+    finally:
+        await pool.close()

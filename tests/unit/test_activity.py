@@ -7,6 +7,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from services.ingest import deployed as deployed_module
 from services.ingest.deployed import DeployedModels
 from shared.activity import Activity
 from shared.errors import AwsUnavailable
@@ -67,3 +68,40 @@ async def test_deployment_is_cached_and_a_failed_lookup_keeps_the_last_answer() 
     assert [e["model"] for e in warned] == ["m"]  # once, not per request
     assert "conveyor models push <dir> --name m" in warned[0]["fix"]
     assert await DeployedModels(None).deployed("anything")
+
+
+async def test_a_lookup_that_times_out_is_not_retried_by_every_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 not answering: one request waits out the timeout; the ones after it get the last
+    answer at once until RETRY_AFTER_FAILURE_S has passed (they used to wait too, each time
+    the short-lived answer expired)."""
+    monkeypatch.setattr(deployed_module, "LOOKUP_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(deployed_module, "RETRY_AFTER_FAILURE_S", 1.0)
+    calls: list[str] = []
+    answering = True
+
+    async def lookup(model: str) -> bool:
+        calls.append(model)
+        if not answering:
+            await anyio.sleep(10)
+        return False
+
+    deployed = DeployedModels(lookup, cache_s=0.01)
+    assert not await deployed.deployed("m")
+    answering = False
+    await anyio.sleep(0.05)
+    with anyio.fail_after(5):
+        began = anyio.current_time()
+        assert not await deployed.deployed("m")  # the last answer, after the timeout
+        assert anyio.current_time() - began >= 0.2
+        for _ in range(5):
+            await anyio.sleep(0.05)
+            began = anyio.current_time()
+            assert not await deployed.deployed("m")
+            assert anyio.current_time() - began < 0.15
+    assert len(calls) == 2
+    await anyio.sleep(1.0)
+    answering = True
+    assert not await deployed.deployed("m")
+    assert len(calls) == 3
