@@ -199,8 +199,7 @@ class AsyncClient:
                 if on_submitted is not None:
                     on_submitted(index, accepted)
                 if final is None or not final.final:
-                    left = None if timeout is None else max(timeout - (time.monotonic() - began), 0)
-                    final = await self._poll(accepted.id, left)
+                    final = await self._poll(accepted.id, _base.time_left(timeout, began))
                 if not final.final:
                     raise WaitTimeout(final, timeout or 0)
             except ConveyorError as exc:

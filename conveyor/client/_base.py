@@ -7,6 +7,7 @@ Neither client holds logic the other lacks: each only runs these pieces with its
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
@@ -37,6 +38,7 @@ __all__ = [
     "settled",
     "submission",
     "text_groups",
+    "time_left",
 ]
 
 API_URL_ENV: Final = "CONVEYOR_API_URL"
@@ -105,6 +107,11 @@ def settled(
 def first_wait(timeout: float | None, chunk_s: float) -> float:
     """How long a submission that waits holds its answer: one chunk, at most ``timeout``."""
     return chunk_s if timeout is None else max(min(timeout, chunk_s), 0.0)
+
+
+def time_left(timeout: float | None, began: float) -> float | None:
+    """What remains of ``timeout`` (None: no deadline) since ``began`` (``time.monotonic()``)."""
+    return None if timeout is None else max(timeout - (time.monotonic() - began), 0.0)
 
 
 def check(response: httpx.Response) -> Any:

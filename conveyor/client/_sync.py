@@ -224,9 +224,26 @@ class Client:
         index: int,
         on_submitted: OnSubmitted | None,
     ) -> Job:
-        # The submission holds its answer until the job is final, up to one wait chunk: a job
-        # that finishes within it costs one request, not two.
         began = time.monotonic()
+        accepted, final = self._submit_waiting(model, job, callback_url, timeout, stop)
+        if on_submitted is not None:
+            on_submitted(index, accepted)
+        if final is None or not final.final:
+            final = self._poll(accepted.id, _base.time_left(timeout, began), stop)
+        if not final.final:
+            raise WaitTimeout(final, timeout or 0)
+        return final
+
+    def _submit_waiting(
+        self,
+        model: str,
+        job: JobInput,
+        callback_url: str | None,
+        timeout: float | None,
+        stop: threading.Event,
+    ) -> tuple[Accepted, Job | None]:
+        """Submit the job and hold the answer until it is final, up to one wait chunk: a job
+        that finishes within it costs one request, not two."""
         key = job.idempotency_key or _base.new_key()
         wait = _base.first_wait(timeout, self._wait_chunk_s)
         response = self._send(
@@ -238,15 +255,7 @@ class Client:
             timeout=self._timeout + wait,
             stop=stop,
         )
-        accepted, final = _base.settled(response, key, use_numpy=self._use_numpy)
-        if on_submitted is not None:
-            on_submitted(index, accepted)
-        if final is None or not final.final:
-            left = None if timeout is None else max(timeout - (time.monotonic() - began), 0)
-            final = self._poll(accepted.id, left, stop)
-        if not final.final:
-            raise WaitTimeout(final, timeout or 0)
-        return final
+        return _base.settled(response, key, use_numpy=self._use_numpy)
 
     def _submit(
         self,
