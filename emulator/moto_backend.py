@@ -11,7 +11,6 @@ moto keeps its state in module globals, so one process holds one moto emulator a
 from __future__ import annotations
 
 import json
-import logging
 import threading
 
 import anyio
@@ -19,6 +18,7 @@ import httpx
 
 from emulator import moto_clock, moto_fidelity, moto_speed
 from emulator.backend import AwsEndpoint
+from emulator.moto_server import MotoServer
 from shared.aws.clients import AwsClients
 from shared.aws.provision import AccessKey
 from shared.config import AwsSettings
@@ -42,7 +42,7 @@ class MotoBackend:
         self.region = region
         self.enforce_iam = enforce_iam
         self.fast_clock = fast_clock
-        self._server: object | None = None
+        self._server: MotoServer | None = None
         self._url: str | None = None
         self._holding = False
 
@@ -60,19 +60,14 @@ class MotoBackend:
             raise
 
     async def _start(self) -> AwsEndpoint:
-        from moto.server import ThreadedMotoServer
-
-        # One line per request from werkzeug drowns the services' own logs.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         moto_fidelity.install()
         moto_speed.install()
         if self.fast_clock:
             moto_clock.install()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = MotoServer("127.0.0.1", 0)
         self._server = server
         await anyio.to_thread.run_sync(server.start)
-        host, port = server.get_host_and_port()
-        self._url = url = f"http://{host}:{port}"
+        self._url = url = server.url
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             (await http.post("/moto-api/reset")).raise_for_status()
             (await http.post("/moto-api/reset-auth", content=b"inf")).raise_for_status()
@@ -111,7 +106,7 @@ class MotoBackend:
                         await http.post("/moto-api/reset")
             if server is not None:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(server.stop)  # type: ignore[attr-defined]
+                    await anyio.to_thread.run_sync(server.stop)
         finally:
             self._url = None
             self._holding = False
