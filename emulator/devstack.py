@@ -40,7 +40,6 @@ from emulator.harness import Stack
 from emulator.passthrough import pass_through
 from emulator.processes import RestartPolicy, ServiceSpec, Supervisor
 from emulator.stackfile import ENV_FILE_NAME, publish, unpublish, write_env_file
-from services.infer.threads import available_cpus
 from shared.apikeys import create_key
 from shared.errors import ConveyorError
 
@@ -142,11 +141,11 @@ class DevStack:
                 if model is not None:
                     # In the stack's directory: nothing survives a SIGKILLed worker.
                     env.setdefault("INFER_CACHE_DIR", str(self.state_dir / "models" / name))
-                    # torch shares the machine with the other services and the emulator:
-                    # half its CPUs (600 1-text jobs on 2 cores, benchmarks/pipeline.py: 31
-                    # jobs/s and 0.5-0.6 s median with 1 thread, 28 jobs/s and 1.1-1.8 s
-                    # with 2). The user's INFER_TORCH_THREADS wins.
-                    env.setdefault("INFER_TORCH_THREADS", str(max(1, available_cpus() // 2)))
+                    # torch shares the machine with the other services and the emulator,
+                    # which spend about 2 texts' worth of model CPU per job: each batch gets
+                    # the model's share of the CPUs (services/infer/threads.py, ThreadShare).
+                    # The user's INFER_SHARED_JOB_COST (0: all CPUs) wins.
+                    env.setdefault("INFER_SHARED_JOB_COST", "2")
                 env.update(self.options.extra.get(service, {}))
                 if name != service:
                     env.update(self.options.extra.get(name, {}))

@@ -420,6 +420,14 @@ class InferSettings(_InputLimits):
         description="torch's threads on the CPU (default: the CPUs this process may use, "
         "from its affinity and its cgroup CPU quota)",
     )
+    shared_job_cost: float = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="where infer shares its CPUs with the other services and the emulator "
+        "(make dev): their CPU per job, in texts of model work; each batch then gives torch "
+        "the model's share of its threads, rounded up. 0: infer has its CPUs to itself",
+    )
     compile: bool = Field(
         default=False,
         description="compile the model with torch.compile before the first job (slower "

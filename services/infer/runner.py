@@ -38,6 +38,7 @@ from services.infer.metrics import (
     MODEL_CALL_DURATION,
     MODEL_CALLS,
 )
+from services.infer.threads import ThreadShare, use_torch_threads
 from shared.batching import Batcher
 from shared.messages import Vectors
 from shared.tracing import tracer
@@ -92,10 +93,13 @@ class ModelRunner:
         max_batch_tokens: int,
         max_batch_wait_s: float,
         model: str = "",
+        thread_share: ThreadShare | None = None,
     ) -> None:
         self.handler = handler
         self.model = model
         """The model's name, for the metrics' ``model`` label and the spans."""
+        self.thread_share = thread_share
+        """Where set, torch's threads for each batch; else whatever torch was given."""
         self.max_batch_items = max_batch_items
         self.stats = RunnerStats()
         # One model call at a time: a device runs one batch well, not two badly.
@@ -141,6 +145,10 @@ class ModelRunner:
             "conveyor.batch_items": len(texts),
             "conveyor.batch_tokens": tokens,
         }
+        threads = None
+        if self.thread_share is not None:
+            threads = self.thread_share.threads(len(texts), len(jobs))
+            attributes["conveyor.torch_threads"] = threads
         links = [trace.Link(job.span) for job in jobs if job.span is not None]
         # Its own trace (the batcher's task has no current span); a re-run after a failure
         # is a child of the failed batch.
@@ -152,7 +160,7 @@ class ModelRunner:
                 if job.on_start is not None:
                     job.on_start()
             try:
-                outputs = await self._predict(texts)
+                outputs = await self._predict(texts, threads)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 batch.set_status(trace.Status(trace.StatusCode.ERROR, error))
@@ -203,14 +211,14 @@ class ModelRunner:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error))
             span.end(end_time=ended_ns)
 
-    async def _predict(self, texts: list[str]) -> Matrix:
+    async def _predict(self, texts: list[str], threads: int | None) -> Matrix:
         outputs: list[Matrix] = []
         for start in range(0, len(texts), self.max_batch_items):
             chunk = texts[start : start + self.max_batch_items]
             self._record(len(chunk))
             began = time.perf_counter()
             result = await anyio.to_thread.run_sync(
-                self.handler.predict, chunk, limiter=self._device
+                self._call, chunk, threads, limiter=self._device
             )
             MODEL_CALL_DURATION.labels(self.model).observe(time.perf_counter() - began)
             outputs.append(as_matrix(result, len(chunk)))
@@ -219,6 +227,12 @@ class ModelRunner:
         if len({matrix.shape[1] for matrix in outputs}) != 1:
             raise RuntimeError("the model returned vectors of different lengths")
         return np.concatenate(outputs)
+
+    def _call(self, texts: list[str], threads: int | None) -> object:
+        """One model call, on a worker thread."""
+        if threads is not None:
+            use_torch_threads(threads)
+        return self.handler.predict(texts)
 
     def _record(self, size: int) -> None:
         stats = self.stats

@@ -36,7 +36,7 @@ from services.infer.limits import over_limits
 from services.infer.metrics import JOBS, MODEL_INFO, MODEL_LOAD
 from services.infer.registry import fetch_model, wait_for_version
 from services.infer.runner import Matrix, ModelFailure, ModelRunner, packed
-from services.infer.threads import configure_torch_threads
+from services.infer.threads import ThreadShare, configure_torch_threads
 from shared.activity import Activity
 from shared.aws import AwsClients, resolve_queue_url
 from shared.claimcheck import ClaimCheck
@@ -104,6 +104,7 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 kind=manifest.kind,
                 device=str(device),
                 torch_threads=threads,
+                shared_job_cost=settings.shared_job_cost,
                 compiled=compiled,
                 seconds=round(anyio.current_time() - began, 2),
             )
@@ -113,6 +114,11 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
                 max_batch_tokens=settings.max_batch_tokens,
                 max_batch_wait_s=settings.max_batch_wait_s,
                 model=model,
+                thread_share=(
+                    ThreadShare(threads, settings.shared_job_cost)
+                    if settings.shared_job_cost > 0 and device.type == "cpu"
+                    else None
+                ),
             )
             claims = ClaimCheck(clients, topology.payloads_bucket.name, settings.claim_check_bytes)
             results = Publisher(sqs, aws, results_url)

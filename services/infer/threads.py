@@ -7,6 +7,9 @@ that spin while others wait: FACTS measured the same model at 198 texts/s with 2
 359 with 1 while another process kept one core busy. So the default is the smaller of the
 process's CPU affinity and its cgroup quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_*``),
 rounded up, and ``INFER_TORCH_THREADS`` overrides it.
+
+On a machine shared with the rest of the pipeline, :class:`ThreadShare` lowers that count per
+batch to the model's share of the work (``INFER_SHARED_JOB_COST``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["available_cpus", "cgroup_cpu_quota", "configure_torch_threads"]
+__all__ = [
+    "ThreadShare",
+    "available_cpus",
+    "cgroup_cpu_quota",
+    "configure_torch_threads",
+    "use_torch_threads",
+]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -58,3 +69,43 @@ def configure_torch_threads(threads: int | None) -> int:
     with contextlib.suppress(RuntimeError):  # possible only before torch's first parallel work
         torch.set_num_interop_threads(1)
     return count
+
+
+@dataclass(frozen=True)
+class ThreadShare:
+    """torch's threads for one batch, on CPUs shared with the rest of the pipeline.
+
+    Per job, the model's work grows with the job's texts while the other services' and the
+    emulator's (HTTP, SQS calls, PostgreSQL, the webhook) stays nearly the same. ``job_cost``
+    is that other work in texts of model work; torch gets the model's share of the CPUs,
+    rounded up. On 2 cores with a cost of 2 texts (``make dev``): 1 thread for 1-text jobs,
+    whose other work keeps the second core busy, and 2 for 32-text jobs, where the model is
+    nearly all the work (benchmarks/pipeline.py on 2 cores: 1-text jobs 137 jobs/s with 1
+    thread, 108 with 2; 32-text jobs 8.6 jobs/s with 1, 11.7 with 2).
+    """
+
+    cpus: int
+    job_cost: float
+
+    def threads(self, texts: int, jobs: int) -> int:
+        if self.job_cost <= 0 or texts <= 0 or jobs <= 0:
+            return self.cpus
+        share = texts / (texts + jobs * self.job_cost)
+        return max(1, min(self.cpus, math.ceil(self.cpus * share)))
+
+
+_set_here = threading.local()
+
+
+def use_torch_threads(count: int) -> None:
+    """torch's intra-op threads for the calling thread's next model calls.
+
+    OpenMP and MKL keep the count per calling thread, and the model runs on any of anyio's
+    worker threads: each sets its own, once per change.
+    """
+    if getattr(_set_here, "count", None) == count:
+        return
+    import torch
+
+    torch.set_num_threads(count)
+    _set_here.count = count

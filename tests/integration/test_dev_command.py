@@ -20,7 +20,6 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
-from services.infer.threads import available_cpus
 from tests.conftest import PYTHON, REPO, free_port, subprocess_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(400)]
@@ -166,8 +165,9 @@ async def test_make_dev_end_to_end_as_a_developer_uses_it(tmp_path: Path) -> Non
                 assert "AKIAUSERSOWNKEY0000" not in child.environ().values()
             infer_env = dev.children("services.infer")[0].environ()
             assert infer_env["INFER_MAX_BATCH_WAIT_S"] == "0.05"
-            # torch shares the machine with the stack: half its CPUs, unless the user says.
-            assert infer_env["INFER_TORCH_THREADS"] == str(max(1, available_cpus() // 2))
+            # torch shares the machine with the stack: its share per batch, unless the user says.
+            assert infer_env["INFER_SHARED_JOB_COST"] == "2"
+            assert "INFER_TORCH_THREADS" not in infer_env
             assert "DATABASE_URL" not in infer_env
 
             # SIGKILL the worker under load: reported, restarted, nothing lost.
