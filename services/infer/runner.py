@@ -41,7 +41,7 @@ from services.infer.metrics import (
 from services.infer.threads import ThreadShare, use_torch_threads
 from shared.batching import Batcher
 from shared.messages import Vectors
-from shared.tracing import tracer
+from shared.tracing import exporting, leaf_tracer
 
 __all__ = ["Job", "Matrix", "ModelFailure", "ModelRunner", "RunnerStats", "as_matrix", "packed"]
 
@@ -152,7 +152,7 @@ class ModelRunner:
         links = [trace.Link(job.span) for job in jobs if job.span is not None]
         # Its own trace (the batcher's task has no current span); a re-run after a failure
         # is a child of the failed batch.
-        with tracer().start_as_current_span(
+        with leaf_tracer().start_as_current_span(
             "model batch", links=links, attributes=attributes, record_exception=False
         ) as batch:
             began = time.time_ns()
@@ -194,13 +194,15 @@ class ModelRunner:
         error: str | None = None,
     ) -> None:
         """A ``model call`` span in each job's trace, with the batch's times, linked to it."""
+        if not exporting():  # spans no one would read
+            return
         ended_ns = time.time_ns()
         link = [trace.Link(batch.get_span_context())]
         for job in jobs:
             if job.span is None:
                 continue
             parent = trace.set_span_in_context(trace.NonRecordingSpan(job.span))
-            span = tracer().start_span(
+            span = leaf_tracer().start_span(
                 "model call",
                 context=parent,
                 links=link,

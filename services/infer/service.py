@@ -53,7 +53,7 @@ from shared.messages import (
 from shared.observe import handling
 from shared.sqs import Publisher, ReceivedMessage, SqsConsumer
 from shared.telemetry import get_logger
-from shared.tracing import traceparent, tracer
+from shared.tracing import leaf_tracer, traceparent
 
 __all__ = ["run"]
 
@@ -192,7 +192,8 @@ async def run(settings: InferSettings, stopping: anyio.Event) -> None:
 
                 async def run_batch() -> tuple[Matrix | None, str | None]:
                     # Waiting for company, then the model call: the batch links to this span.
-                    with tracer().start_as_current_span("batch", record_exception=False) as span:
+                    batch = leaf_tracer().start_as_current_span("batch", record_exception=False)
+                    with batch as span:
                         try:
                             job = runner.job(envelope.job_id, request.inputs, on_model.set)
                             return await runner.run(job), None

@@ -43,7 +43,7 @@ from shared.tracing import (
     traceparent,
     tracer,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.anyio
 
@@ -302,3 +302,34 @@ def test_every_metric_is_in_the_readme() -> None:
     assert exported - documented == set(), "metrics the README does not explain"
     series = {f"{name}{suffix}" for name in exported for suffix in ("", "_count", "_sum")}
     assert documented - series == set(), "the README explains metrics that do not exist"
+
+
+LEAF_SPANS = """
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shared.tracing import configure_tracing, exporting, leaf_tracer, trace_id_of, tracer
+
+provider = configure_tracing("unit", env={})
+with tracer().start_as_current_span("job") as job:
+    with leaf_tracer().start_as_current_span("leaf") as leaf:
+        print(exporting(), leaf.is_recording(), trace_id_of() == trace_id_of(job))
+    print(leaf.get_span_context() == job.get_span_context())
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+with tracer().start_as_current_span("job") as job:
+    with leaf_tracer().start_as_current_span("leaf") as leaf:
+        print(exporting(), leaf.is_recording(), trace_id_of() == trace_id_of(job))
+print(sorted(span.name for span in exporter.get_finished_spans()))
+"""
+
+
+def test_leaf_spans_are_started_only_where_spans_are_exported() -> None:
+    """Without an exporter a leaf span is its parent, read-only (log lines inside keep the
+    trace id); with one, it is a span of its own, exported."""
+    result = run_python(LEAF_SPANS, timeout=60, check=True)
+    assert result.stdout.splitlines() == [
+        "False False True",
+        "True",
+        "True True True",
+        "['job', 'leaf']",
+    ]
