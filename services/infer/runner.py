@@ -41,7 +41,7 @@ from services.infer.metrics import (
 from services.infer.threads import ThreadShare, use_torch_threads
 from shared.batching import Batcher
 from shared.messages import Vectors
-from shared.tracing import exporting, leaf_tracer
+from shared.tracing import exporting, leaf_tracer, tracer
 
 __all__ = ["Job", "Matrix", "ModelFailure", "ModelRunner", "RunnerStats", "as_matrix", "packed"]
 
@@ -194,7 +194,7 @@ class ModelRunner:
         error: str | None = None,
     ) -> None:
         """A ``model call`` span in each job's trace, with the batch's times, linked to it."""
-        if not exporting():  # spans no one would read
+        if not exporting():  # leaves no one would read (see shared.tracing.leaf_tracer)
             return
         ended_ns = time.time_ns()
         link = [trace.Link(batch.get_span_context())]
@@ -202,7 +202,7 @@ class ModelRunner:
             if job.span is None:
                 continue
             parent = trace.set_span_in_context(trace.NonRecordingSpan(job.span))
-            span = leaf_tracer().start_span(
+            span = tracer().start_span(
                 "model call",
                 context=parent,
                 links=link,
