@@ -1,7 +1,10 @@
 """emulator.moto_fidelity: moto's SQS keeps what AWS keeps when requests overlap."""
 
+from __future__ import annotations
+
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from moto import mock_aws
@@ -18,6 +21,26 @@ def sqs() -> Iterator[SQSBackend]:
     moto_fidelity.install()
     with mock_aws():
         yield sqs_backends[ACCOUNT][REGION]
+
+
+class OwnedLock:
+    """A queue's lock (a Condition) that tells which thread holds it."""
+
+    def __init__(self, condition: Any) -> None:
+        self._condition = condition
+        self.owner: threading.Thread | None = None
+
+    def __enter__(self) -> OwnedLock:
+        self._condition.__enter__()
+        self.owner = threading.current_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = None
+        self._condition.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._condition, name)
 
 
 def test_a_message_sent_while_another_is_deleted_is_kept(sqs: SQSBackend) -> None:
@@ -51,12 +74,15 @@ def test_a_message_sent_while_another_is_deleted_is_kept(sqs: SQSBackend) -> Non
 
     queue.__dict__["_held_messages"] = queue.__dict__.pop("_messages")
     queue.__class__ = HeldQueue
+    lock = OwnedLock(queue._messages_lock)
+    queue._messages_lock = lock
     sender = threading.Thread(target=sqs.send_message, args=("overlap", "sent meanwhile"))
     deleter.start()
     try:
         assert entered.wait(5)
         sender.start()
-        sender.join(0.3)  # unpatched, the send is done by now; patched, it waits for the delete
+        if lock.owner is not deleter:  # nothing holds the send back: let it finish first
+            sender.join(5)
     finally:
         release.set()
         deleter.join(5)
